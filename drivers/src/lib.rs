@@ -1,0 +1,2 @@
+//! Device drivers for lparos (PCI, virtio, network stack glue).
+#![cfg_attr(not(test), no_std)]
