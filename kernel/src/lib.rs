@@ -1,2 +1,14 @@
-//! Host-testable parts of the lparos kernel.
+//! lparos kernel library: the parts of the kernel that are plain logic and
+//! are unit-tested on the host. The bare-metal side (`main.rs` and `arch/`)
+//! builds on these.
+//!
+//! - `cmdline`: the `key=value` kernel command line.
+//! - `event`: machine-readable event lines on the console.
+//! - `executor`: cooperative async tasks, timers and interrupt wake-ups.
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod cmdline;
+pub mod event;
+pub mod executor;

@@ -1,0 +1,66 @@
+//! Small CPU primitives: time-stamp counter, control registers, interrupt
+//! flag, halting.
+
+use core::arch::asm;
+
+/// Read the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads a counter; CR4.TSD is clear so it is allowed.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Faulting address of the last page fault.
+pub fn cr2() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) value, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Current page table root.
+pub fn cr3() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Disable interrupts.
+pub fn cli() {
+    x86_64::instructions::interrupts::disable();
+}
+
+/// Enable interrupts.
+pub fn sti() {
+    x86_64::instructions::interrupts::enable();
+}
+
+/// Whether interrupts are enabled.
+pub fn interrupts_enabled() -> bool {
+    x86_64::instructions::interrupts::are_enabled()
+}
+
+/// Enable interrupts and halt until the next one, atomically: an interrupt
+/// that arrives between the two instructions still wakes the `hlt`.
+pub fn enable_and_halt() {
+    x86_64::instructions::interrupts::enable_and_hlt();
+}
+
+/// Stop this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        cli();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// CPUID leaf/subleaf.
+pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
+    core::arch::x86_64::__cpuid_count(leaf, subleaf)
+}
+
+/// Read a model-specific register.
+pub fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: callers only name MSRs that exist on x86_64 (APIC base, EFER).
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
+}

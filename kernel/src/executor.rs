@@ -1,0 +1,557 @@
+//! Cooperative async executor for the single-CPU guest.
+//!
+//! Owns the tasks, the ready queue, the timer queue and the interrupt wait
+//! list. Interrupt handlers never touch any of that: they only bump a
+//! per-vector counter in an [`IrqTable`] (lock-free), and the executor turns
+//! those bumps into wake-ups on its next turn. So every lock here is only
+//! ever taken in thread context and cannot deadlock against an interrupt.
+//!
+//! Services are tasks: [`Reactor::spawn`] starts one, [`Reactor::cancel`]
+//! drops it (its destructors run), so a service can be stopped and started
+//! again. When nothing is ready the executor asks the [`Platform`] to idle
+//! (on the guest: `sti; hlt` with the timer armed for the next deadline).
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::sync::Arc;
+use alloc::task::Wake;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::task::{Context, Poll, Waker};
+use spin::Mutex;
+
+/// Identifies a task for its whole life; never reused.
+pub type TaskId = u64;
+
+type BoxedTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Monotonic time in nanoseconds since guest entry.
+pub trait Clock: Sync {
+    fn now_ns(&self) -> u64;
+}
+
+/// What the executor needs from the machine to wait for work.
+pub trait Platform {
+    /// Wait for an interrupt or until `deadline_ns` passes. The platform
+    /// disables interrupts, calls `has_work`, and only sleeps if it is false,
+    /// so a wake-up that raced with the decision is never lost.
+    fn idle(&self, deadline_ns: Option<u64>, has_work: &dyn Fn() -> bool);
+}
+
+/// Per-vector interrupt counters, written by interrupt handlers.
+pub struct IrqTable {
+    counts: [AtomicU32; 256],
+    pending: [AtomicU64; 4],
+}
+
+impl IrqTable {
+    pub const fn new() -> Self {
+        IrqTable {
+            counts: [const { AtomicU32::new(0) }; 256],
+            pending: [const { AtomicU64::new(0) }; 4],
+        }
+    }
+
+    /// Record that `vector` fired. Safe to call from an interrupt handler.
+    pub fn raise(&self, vector: u8) {
+        self.counts[vector as usize].fetch_add(1, Ordering::AcqRel);
+        self.pending[vector as usize / 64].fetch_or(1 << (vector % 64), Ordering::AcqRel);
+    }
+
+    /// How often `vector` has fired.
+    pub fn count(&self, vector: u8) -> u32 {
+        self.counts[vector as usize].load(Ordering::Acquire)
+    }
+
+    fn any_pending(&self) -> bool {
+        self.pending.iter().any(|p| p.load(Ordering::Acquire) != 0)
+    }
+
+    fn take_pending(&self) -> [u64; 4] {
+        let mut out = [0; 4];
+        for (o, p) in out.iter_mut().zip(&self.pending) {
+            *o = p.swap(0, Ordering::AcqRel);
+        }
+        out
+    }
+}
+
+impl Default for IrqTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Shared state of the executor, reachable from every task through an
+/// `Arc<Reactor>`: spawning, cancelling, timers and interrupt waits.
+pub struct Reactor {
+    clock: &'static dyn Clock,
+    irqs: &'static IrqTable,
+    ready: Arc<ReadyQueue>,
+    next_task: AtomicU64,
+    next_timer: AtomicU64,
+    spawned: Mutex<Vec<(TaskId, BoxedTask)>>,
+    cancelled: Mutex<Vec<TaskId>>,
+    alive: Mutex<BTreeMap<TaskId, &'static str>>,
+    timers: Mutex<BTreeMap<(u64, u64), Waker>>,
+    irq_waiters: Mutex<Vec<(u8, Waker)>>,
+}
+
+#[derive(Default)]
+struct ReadyQueue {
+    queue: Mutex<VecDeque<TaskId>>,
+    nonempty: AtomicBool,
+}
+
+impl ReadyQueue {
+    fn push(&self, id: TaskId) {
+        let mut q = self.queue.lock();
+        if !q.contains(&id) {
+            q.push_back(id);
+        }
+        self.nonempty.store(true, Ordering::Release);
+    }
+
+    fn pop(&self) -> Option<TaskId> {
+        let mut q = self.queue.lock();
+        let id = q.pop_front();
+        self.nonempty.store(!q.is_empty(), Ordering::Release);
+        id
+    }
+}
+
+struct TaskWaker {
+    id: TaskId,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.push(self.id);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.push(self.id);
+    }
+}
+
+impl Reactor {
+    pub fn new(clock: &'static dyn Clock, irqs: &'static IrqTable) -> Arc<Self> {
+        Arc::new(Reactor {
+            clock,
+            irqs,
+            ready: Arc::new(ReadyQueue::default()),
+            next_task: AtomicU64::new(1),
+            next_timer: AtomicU64::new(0),
+            spawned: Mutex::new(Vec::new()),
+            cancelled: Mutex::new(Vec::new()),
+            alive: Mutex::new(BTreeMap::new()),
+            timers: Mutex::new(BTreeMap::new()),
+            irq_waiters: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Current monotonic time.
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// Start a task. `name` shows up in diagnostics.
+    pub fn spawn(&self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> TaskId {
+        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        self.alive.lock().insert(id, name);
+        self.spawned.lock().push((id, Box::pin(task)));
+        // Queue it now so it runs in spawn order relative to other wake-ups.
+        self.ready.push(id);
+        id
+    }
+
+    /// Stop a task: it is dropped before its next poll. Cancelling a task
+    /// that already finished does nothing.
+    pub fn cancel(&self, id: TaskId) {
+        if self.alive.lock().remove(&id).is_some() {
+            self.cancelled.lock().push(id);
+            self.ready.nonempty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether a task is still running.
+    pub fn is_alive(&self, id: TaskId) -> bool {
+        self.alive.lock().contains_key(&id)
+    }
+
+    /// Names of the running tasks.
+    pub fn task_names(&self) -> Vec<&'static str> {
+        self.alive.lock().values().copied().collect()
+    }
+
+    /// Resolves once the clock reaches `deadline_ns`.
+    pub fn sleep_until(self: &Arc<Self>, deadline_ns: u64) -> Sleep {
+        Sleep { reactor: self.clone(), deadline_ns, key: None }
+    }
+
+    /// Resolves after `ns` nanoseconds.
+    pub fn sleep_ns(self: &Arc<Self>, ns: u64) -> Sleep {
+        self.sleep_until(self.now_ns().saturating_add(ns))
+    }
+
+    /// Resolves after `ms` milliseconds.
+    pub fn sleep_ms(self: &Arc<Self>, ms: u64) -> Sleep {
+        self.sleep_ns(ms.saturating_mul(1_000_000))
+    }
+
+    /// A future that resolves once `vector` fires after this call. Create it
+    /// *before* checking the device, then await it: no interrupt is missed.
+    pub fn irq(self: &Arc<Self>, vector: u8) -> IrqWait {
+        IrqWait { reactor: self.clone(), vector, seen: self.irqs.count(vector) }
+    }
+
+    fn has_work(&self) -> bool {
+        self.ready.nonempty.load(Ordering::Acquire) || self.irqs.any_pending()
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.timers.lock().keys().next().map(|(d, _)| *d)
+    }
+
+    /// Wake the tasks whose interrupts fired and whose timers expired.
+    fn dispatch(&self) {
+        let pending = self.irqs.take_pending();
+        if pending.iter().any(|p| *p != 0) {
+            let mut waiters = self.irq_waiters.lock();
+            let mut i = 0;
+            while i < waiters.len() {
+                let v = waiters[i].0 as usize;
+                if pending[v / 64] & (1 << (v % 64)) != 0 {
+                    waiters.swap_remove(i).1.wake();
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let now = self.now_ns();
+        let mut timers = self.timers.lock();
+        while let Some(entry) = timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            entry.remove().wake();
+        }
+    }
+}
+
+/// Future returned by [`Reactor::sleep_until`].
+pub struct Sleep {
+    reactor: Arc<Reactor>,
+    deadline_ns: u64,
+    key: Option<(u64, u64)>,
+}
+
+impl Sleep {
+    pub fn deadline_ns(&self) -> u64 {
+        self.deadline_ns
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.reactor.now_ns() >= self.deadline_ns {
+            if let Some(key) = self.key.take() {
+                self.reactor.timers.lock().remove(&key);
+            }
+            return Poll::Ready(());
+        }
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = (self.deadline_ns, self.reactor.next_timer.fetch_add(1, Ordering::Relaxed));
+                self.key = Some(key);
+                key
+            }
+        };
+        self.reactor.timers.lock().insert(key, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.reactor.timers.lock().remove(&key);
+        }
+    }
+}
+
+/// Future returned by [`Reactor::irq`].
+pub struct IrqWait {
+    reactor: Arc<Reactor>,
+    vector: u8,
+    seen: u32,
+}
+
+impl Future for IrqWait {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.reactor.irqs.count(self.vector) != self.seen {
+            return Poll::Ready(());
+        }
+        self.reactor.irq_waiters.lock().push((self.vector, cx.waker().clone()));
+        // The interrupt may have fired between the check and the push; the
+        // pending bit it set makes the executor dispatch (and wake us) anyway.
+        Poll::Pending
+    }
+}
+
+/// Outcome of [`timeout`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// Run `fut` until it completes or `deadline_ns` passes.
+pub async fn timeout<F: Future>(reactor: &Arc<Reactor>, deadline_ns: u64, fut: F) -> Result<F::Output, TimedOut> {
+    let mut fut = core::pin::pin!(fut);
+    let mut sleep = core::pin::pin!(reactor.sleep_until(deadline_ns));
+    core::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(TimedOut));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Yield to the other ready tasks once.
+pub async fn yield_now() {
+    let mut yielded = false;
+    core::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Runs the tasks of one [`Reactor`].
+pub struct Executor {
+    reactor: Arc<Reactor>,
+    tasks: BTreeMap<TaskId, (BoxedTask, Waker)>,
+}
+
+impl Executor {
+    pub fn new(reactor: Arc<Reactor>) -> Self {
+        Executor { reactor, tasks: BTreeMap::new() }
+    }
+
+    pub fn reactor(&self) -> &Arc<Reactor> {
+        &self.reactor
+    }
+
+    /// Number of tasks that have not finished.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len() + self.reactor.spawned.lock().len()
+    }
+
+    fn absorb(&mut self) {
+        for id in core::mem::take(&mut *self.reactor.cancelled.lock()) {
+            self.tasks.remove(&id);
+            self.reactor.spawned.lock().retain(|(t, _)| *t != id);
+        }
+        let spawned = core::mem::take(&mut *self.reactor.spawned.lock());
+        for (id, task) in spawned {
+            let waker = Waker::from(Arc::new(TaskWaker { id, ready: self.reactor.ready.clone() }));
+            self.tasks.insert(id, (task, waker));
+        }
+    }
+
+    /// Poll every ready task once and dispatch interrupts and timers.
+    /// Returns whether any task was polled.
+    pub fn turn(&mut self) -> bool {
+        self.absorb();
+        self.reactor.dispatch();
+        let mut polled = false;
+        while let Some(id) = self.reactor.ready.pop() {
+            if !self.tasks.contains_key(&id) {
+                self.absorb(); // spawned since the last absorb
+            }
+            let Some((task, waker)) = self.tasks.get_mut(&id) else { continue };
+            polled = true;
+            let mut cx = Context::from_waker(waker);
+            if task.as_mut().poll(&mut cx).is_ready() {
+                self.tasks.remove(&id);
+                self.reactor.alive.lock().remove(&id);
+            }
+        }
+        polled
+    }
+
+    /// Run until `done()` is true (checked after every turn) or no task is
+    /// left. Idles through `platform` when nothing is ready.
+    pub fn run_until(&mut self, platform: &dyn Platform, done: &dyn Fn() -> bool) {
+        loop {
+            self.turn();
+            if done() || self.task_count() == 0 {
+                return;
+            }
+            let reactor = self.reactor.clone();
+            platform.idle(reactor.next_deadline(), &|| reactor.has_work());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A clock the tests move by hand; `idle` jumps it to the next deadline.
+    struct FakeClock(AtomicU64);
+    impl Clock for FakeClock {
+        fn now_ns(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+    struct FakePlatform {
+        clock: &'static FakeClock,
+        idles: AtomicUsize,
+    }
+    impl Platform for FakePlatform {
+        fn idle(&self, deadline: Option<u64>, has_work: &dyn Fn() -> bool) {
+            self.idles.fetch_add(1, Ordering::SeqCst);
+            if !has_work() {
+                let d = deadline.expect("idle with no work and no deadline would hang");
+                self.clock.0.fetch_max(d, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn setup() -> (&'static FakeClock, &'static IrqTable, FakePlatform, Executor) {
+        let clock: &'static FakeClock = Box::leak(Box::new(FakeClock(AtomicU64::new(0))));
+        let irqs: &'static IrqTable = Box::leak(Box::new(IrqTable::new()));
+        let reactor = Reactor::new(clock, irqs);
+        (clock, irqs, FakePlatform { clock, idles: AtomicUsize::new(0) }, Executor::new(reactor))
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_order() {
+        let (clock, _, platform, mut exec) = setup();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for (name, ms) in [("c", 30u64), ("a", 10), ("b", 20)] {
+            let r = exec.reactor().clone();
+            let order = order.clone();
+            exec.reactor().spawn("t", async move {
+                r.sleep_ms(ms).await;
+                order.lock().push((name, r.now_ns()));
+            });
+        }
+        exec.run_until(&platform, &|| false);
+        assert_eq!(*order.lock(), vec![("a", 10_000_000), ("b", 20_000_000), ("c", 30_000_000)]);
+        assert_eq!(clock.now_ns(), 30_000_000);
+        assert!(exec.reactor().timers.lock().is_empty(), "no timer left behind");
+    }
+
+    #[test]
+    fn irq_wakes_only_its_waiter() {
+        let (_, irqs, _, mut exec) = setup();
+        let hits = Arc::new(AtomicUsize::new(0));
+        for v in [40u8, 41] {
+            let r = exec.reactor().clone();
+            let hits = hits.clone();
+            exec.reactor().spawn("irq", async move {
+                r.irq(v).await;
+                hits.fetch_add(v as usize, Ordering::SeqCst);
+            });
+        }
+        exec.turn();
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        irqs.raise(41);
+        exec.turn();
+        assert_eq!(hits.load(Ordering::SeqCst), 41);
+        assert_eq!(exec.task_count(), 1);
+        irqs.raise(40);
+        exec.turn();
+        assert_eq!(hits.load(Ordering::SeqCst), 81);
+        assert_eq!(exec.task_count(), 0);
+    }
+
+    #[test]
+    fn irq_before_await_is_not_lost() {
+        let (_, irqs, _, mut exec) = setup();
+        let done = Arc::new(AtomicBool::new(false));
+        let r = exec.reactor().clone();
+        let d = done.clone();
+        let wait = r.irq(50); // snapshot taken now
+        irqs.raise(50); // fires before the task even runs
+        exec.reactor().spawn("late", async move {
+            wait.await;
+            d.store(true, Ordering::SeqCst);
+        });
+        exec.turn();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn cancel_drops_the_task_and_its_timer() {
+        let (_, _, platform, mut exec) = setup();
+        let r = exec.reactor().clone();
+        let id = exec.reactor().spawn("svc", async move {
+            r.sleep_ms(1000).await;
+            panic!("cancelled task must never resume");
+        });
+        exec.turn();
+        assert!(exec.reactor().is_alive(id));
+        assert_eq!(exec.reactor().timers.lock().len(), 1);
+        exec.reactor().cancel(id);
+        exec.run_until(&platform, &|| false);
+        assert!(!exec.reactor().is_alive(id));
+        assert!(exec.reactor().timers.lock().is_empty());
+        assert_eq!(exec.task_count(), 0);
+    }
+
+    #[test]
+    fn timeout_reports_which_side_won() {
+        let (_, irqs, platform, mut exec) = setup();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let r = exec.reactor().clone();
+        let res = results.clone();
+        exec.reactor().spawn("to", async move {
+            let first = timeout(&r, 5_000_000, r.irq(60)).await;
+            res.lock().push(first);
+            let w = r.irq(61);
+            let second = timeout(&r, r.now_ns() + 5_000_000, w).await;
+            res.lock().push(second);
+        });
+        exec.turn();
+        exec.run_until(&platform, &|| !results.lock().is_empty());
+        irqs.raise(61);
+        exec.run_until(&platform, &|| false);
+        assert_eq!(*results.lock(), vec![Err(TimedOut), Ok(())]);
+    }
+
+    #[test]
+    fn tasks_spawned_by_tasks_run_and_yield_interleaves() {
+        let (_, _, platform, mut exec) = setup();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let r = exec.reactor().clone();
+        let l = log.clone();
+        exec.reactor().spawn("parent", async move {
+            let l2 = l.clone();
+            r.spawn("child", async move {
+                l2.lock().push("child");
+            });
+            l.lock().push("parent-1");
+            yield_now().await;
+            l.lock().push("parent-2");
+        });
+        exec.run_until(&platform, &|| false);
+        assert_eq!(*log.lock(), vec!["parent-1", "child", "parent-2"]);
+        assert_eq!(platform.idles.load(Ordering::SeqCst), 0, "never idled with work ready");
+    }
+}
