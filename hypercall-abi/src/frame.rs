@@ -18,6 +18,11 @@ pub const HEADER_LEN: usize = 24;
 pub const MAX_PAYLOAD: usize = 8192;
 /// Largest frame: header plus largest payload.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
+/// Zero bytes a sender writes before its first frame after it (re)starts
+/// (guest: before HELLO; lparhv: after attaching to a channel). They push
+/// any half-written frame from before the restart out of the peer's
+/// decoder, so the next frame is not held back behind it.
+pub const SYNC_PREAMBLE_LEN: usize = MAX_FRAME;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -256,7 +261,8 @@ fn find_magic(b: &[u8]) -> Option<usize> {
 /// fixed ([`MAX_FRAME`] bytes of buffer, no allocation), so a guest can
 /// keep one in a `static`.
 ///
-/// Resync rule: scan for [`MAGIC`]; bytes before it are garbage. A header
+/// Resync rule: zero bytes between frames are idle fill and skipped
+/// silently; otherwise scan for [`MAGIC`]; bytes before it are garbage. A header
 /// whose CRC or fields are bad, or a frame whose payload CRC is bad, costs
 /// exactly one byte (the first magic byte) and scanning restarts right
 /// after it, so a valid frame hidden behind a broken one is still found.
@@ -335,6 +341,11 @@ impl Decoder {
     /// if more input is needed.
     pub fn next_frame(&mut self) -> Option<Result<FrameRef<'_>, FrameError>> {
         self.apply_consume();
+        // Zero bytes between frames are idle fill (the sync preamble) and
+        // are skipped without an error.
+        while self.start < self.end && self.buf[self.start] == 0 {
+            self.start += 1;
+        }
         let avail = &self.buf[self.start..self.end];
         match find_magic(avail) {
             Some(0) => {}
@@ -609,6 +620,23 @@ mod tests {
             encode_frame(&mut out, 0, Kind::Event, 1, 0, b""),
             Err(EncodeError::Invalid("version"))
         );
+    }
+
+    #[test]
+    fn sync_preamble_flushes_a_half_written_frame() {
+        let mut dec = Decoder::new();
+        let big = frame(1, &[7u8; 3000]);
+        let mut stream = big[..500].to_vec();
+        stream.extend(std::vec![0u8; SYNC_PREAMBLE_LEN]);
+        stream.extend(frame(2, b"hello"));
+        let (f, e) = decode_all(&mut dec, &stream);
+        assert_eq!(f, [(2, b"hello".to_vec())]);
+        // One error for the broken frame; the zero fill itself is silent
+        // apart from whatever of the broken frame's bytes is rescanned.
+        assert!(matches!(e[0], FrameError::PayloadCrc { request_id: 1, .. }));
+        assert_eq!(dec.buffered(), 0);
+        let (f, e) = decode_all(&mut dec, &[0u8; 100]);
+        assert!(f.is_empty() && e.is_empty());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use codes::{ReturnCode, Status, UnknownReturnCode};
 pub use error::{EncodeError, FieldError};
 pub use frame::{
     encode_frame, parse_frame, seal_frame, Decoder, FrameError, FrameRef, Header, Kind,
-    HEADER_LEN, MAGIC, MAX_FRAME, MAX_PAYLOAD,
+    HEADER_LEN, MAGIC, MAX_FRAME, MAX_PAYLOAD, SYNC_PREAMBLE_LEN,
 };
 pub use message::{
     Event, EventCode, GrantList, Hello, HelloReply, Message, MessageError, Opcode, Reason,

@@ -1146,12 +1146,12 @@ impl<'a> Message<'a> {
                         request,
                     }
                 } else {
-                    let response = Response::read_payload(h.opcode, &mut r)
-                        .map_err(|e| err(Reason::BadPayload(e)))?;
                     // An unknown opcode may only come back as a failure.
-                    if op.is_none() && !matches!(response, Response::Failed { .. }) {
+                    if op.is_none() && payload.get(..8) == Some(&[0u8; 8][..]) {
                         return Err(err(Reason::UnknownOpcode));
                     }
+                    let response = Response::read_payload(h.opcode, &mut r)
+                        .map_err(|e| err(Reason::BadPayload(e)))?;
                     Message::Response {
                         id: h.request_id,
                         response,
