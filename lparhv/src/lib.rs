@@ -1,3 +1,13 @@
 //! lparhv: the host-side hypervisor shim. It plays the roles that the POWER
-//! hypervisor and the VIOS play in the seed documents: partition manager,
-//! owner of shared resources, storage-server supervisor, virtual switch.
+//! hypervisor and the VIOS play in the seed documents.
+//!
+//! - `qemu`: starting one lparos partition as a QEMU process, reading its
+//!   console and event lines, choosing the accelerator.
+//! - `vswitch`: the virtual LAN that connects partitions' NICs.
+//! - `pattern`: the disk test pattern shared with the guest.
+
+pub mod pattern;
+pub mod qemu;
+pub mod vswitch;
+
+pub use lparos_kernel::event::{parse as parse_event, Event};
