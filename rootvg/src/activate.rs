@@ -13,6 +13,7 @@
 //! returns does it become current. A torn or failed write can only damage
 //! the non-current slot, so the previous generation always survives.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::device::BlockDevice;
@@ -96,7 +97,7 @@ pub(crate) fn choose(
         }
         (Ok(a), Err(e)) => Ok((Slot::A, a, Err(e))),
         (Err(e), Ok(b)) => Ok((Slot::B, b, Err(e))),
-        (Err(a), Err(b)) => Err(Error::NoValidMetadata { a, b }),
+        (Err(a), Err(b)) => Err(Error::NoValidMetadata { a: Box::new(a), b: Box::new(b) }),
     }
 }
 
@@ -125,7 +126,7 @@ impl VolumeGroup {
             return Err(Error::Truncated { needed_sectors: label.end_sector(), device_sectors: have });
         }
         let metadata = Metadata { generation: 1, lvs };
-        let slot = metadata.encode_slot(&label).map_err(Error::InvalidMetadata)?;
+        let slot = metadata.encode_slot(&label).map_err(|e| Error::InvalidMetadata(Box::new(e)))?;
         let mut head = [0u8; LABEL_SECTORS as usize * SECTOR_SIZE];
         head[..SECTOR_SIZE].copy_from_slice(&label.encode());
         dev.write_sectors(0, &head)?;
@@ -217,7 +218,7 @@ impl VolumeGroup {
     pub fn update<D: BlockDevice + ?Sized>(&mut self, dev: &mut D, lvs: Vec<LvRecord>) -> Result<(), Error> {
         let generation = self.metadata.generation.checked_add(1).ok_or(Error::GenerationExhausted)?;
         let new = Metadata { generation, lvs };
-        let bytes = new.encode_slot(&self.label).map_err(Error::InvalidMetadata)?;
+        let bytes = new.encode_slot(&self.label).map_err(|e| Error::InvalidMetadata(Box::new(e)))?;
         self.reverify(dev)?;
         let target = self.current.other();
         let res = dev

@@ -81,7 +81,7 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &mut T {
 /// Checks shared by device implementations: returns the byte range of the
 /// request inside a device of `sectors` sectors.
 pub fn request_range(sectors: u64, lba: u64, len: usize) -> Result<core::ops::Range<usize>, IoError> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(IoError::BadBufferLength);
     }
     let n = (len / SECTOR_SIZE) as u64;

@@ -1,7 +1,9 @@
 //! error.rs — the error type of the guest-facing API: activation,
 //! re-verification, metadata updates and LV access. Each variant names what
-//! is wrong precisely enough to print without further context.
+//! is wrong precisely enough to print without further context. Slot errors
+//! are boxed to keep `Result<_, Error>` small on the guest's stack.
 
+use alloc::boxed::Box;
 use core::fmt;
 
 use crate::device::IoError;
@@ -17,7 +19,7 @@ pub enum Error {
     /// The device is smaller than the VG the label describes.
     Truncated { needed_sectors: u64, device_sectors: u64 },
     /// Neither metadata copy is usable; both reasons are given.
-    NoValidMetadata { a: SlotError, b: SlotError },
+    NoValidMetadata { a: Box<SlotError>, b: Box<SlotError> },
     /// Both copies are valid, carry the same generation, and differ. The
     /// update rule never produces this; refuse to guess.
     GenerationConflict { generation: u64 },
@@ -26,7 +28,7 @@ pub enum Error {
     /// `reverify`: the current metadata on disk is not the active one.
     MetadataChanged { active_generation: u64, on_disk_generation: u64 },
     /// An update was refused because the new metadata is invalid.
-    InvalidMetadata(SlotError),
+    InvalidMetadata(Box<SlotError>),
     /// The generation counter would overflow.
     GenerationExhausted,
     /// No LV of that name.

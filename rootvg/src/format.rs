@@ -385,10 +385,10 @@ impl Label {
             return Err(LabelError::BadExtentSize(e));
         }
         let s = self.slot_sectors;
-        if s % ALIGN_SECTORS as u32 != 0 || !(MIN_SLOT_SECTORS..=MAX_SLOT_SECTORS).contains(&s) {
+        if !s.is_multiple_of(ALIGN_SECTORS as u32) || !(MIN_SLOT_SECTORS..=MAX_SLOT_SECTORS).contains(&s) {
             return Err(LabelError::BadSlotSize(s));
         }
-        if self.meta_offset < LABEL_SECTORS || self.meta_offset % ALIGN_SECTORS != 0 {
+        if self.meta_offset < LABEL_SECTORS || !self.meta_offset.is_multiple_of(ALIGN_SECTORS) {
             return Err(LabelError::BadGeometry("metadata area overlaps the label or is not 4 KiB aligned"));
         }
         let meta_end = self
@@ -398,7 +398,7 @@ impl Label {
         if self.data_offset < meta_end {
             return Err(LabelError::BadGeometry("data area overlaps the metadata slots"));
         }
-        if self.data_offset % ALIGN_SECTORS != 0 {
+        if !self.data_offset.is_multiple_of(ALIGN_SECTORS) {
             return Err(LabelError::BadGeometry("data area is not 4 KiB aligned"));
         }
         if self.extent_count == 0 {

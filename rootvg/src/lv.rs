@@ -132,7 +132,7 @@ impl<'a> LvMap<'a> {
     /// Map a byte range; both `offset` and `len` must be multiples of 512.
     pub fn map_bytes(&self, offset: u64, len: u64) -> Result<Segments<'a>, Error> {
         let ss = SECTOR_SIZE as u64;
-        if offset % ss != 0 || len % ss != 0 {
+        if !offset.is_multiple_of(ss) || !len.is_multiple_of(ss) {
             return Err(Error::Unaligned { offset, len });
         }
         self.map_sectors(offset / ss, len / ss)
