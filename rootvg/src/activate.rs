@@ -112,8 +112,8 @@ impl VolumeGroup {
         Ok(VolumeGroup { label, metadata, current, other })
     }
 
-    /// Write a brand-new VG: the label and the same generation-1 metadata in
-    /// both slots, then flush. Everything is validated before the first
+    /// Write a brand-new VG: the same generation-1 metadata in both slots,
+    /// flush, then the label, flush. Everything is validated before the first
     /// write. Returns the activated VG.
     pub fn create<D: BlockDevice + ?Sized>(
         dev: &mut D,
@@ -127,11 +127,15 @@ impl VolumeGroup {
         }
         let metadata = Metadata { generation: 1, lvs };
         let slot = metadata.encode_slot(&label).map_err(|e| Error::InvalidMetadata(Box::new(e)))?;
+        // Slots first, label last: until the label is durable the device is
+        // not recognised as this VG, so a creation cut short leaves nothing
+        // that half-activates.
+        dev.write_sectors(label.slot_offset(Slot::A), &slot)?;
+        dev.write_sectors(label.slot_offset(Slot::B), &slot)?;
+        dev.flush()?;
         let mut head = [0u8; LABEL_SECTORS as usize * SECTOR_SIZE];
         head[..SECTOR_SIZE].copy_from_slice(&label.encode());
         dev.write_sectors(0, &head)?;
-        dev.write_sectors(label.slot_offset(Slot::A), &slot)?;
-        dev.write_sectors(label.slot_offset(Slot::B), &slot)?;
         dev.flush()?;
         Ok(VolumeGroup { label, metadata, current: Slot::A, other: Ok(1) })
     }
