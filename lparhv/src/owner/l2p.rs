@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(t.place(W, Placement::At(0x10_0001), 4096), Err(Reason::BadLogicalAddress));
         assert_eq!(t.place(W, Placement::At(0x0f_f000), 4096), Err(Reason::BadLogicalAddress));
         assert_eq!(t.place(W, Placement::At(0x1f_f000), 8192), Err(Reason::BadLogicalAddress));
-        assert_eq!(t.place(W, Placement::At(u64::MAX & !0xfff), 8192), Err(Reason::BadLogicalAddress));
+        assert_eq!(t.place(W, Placement::At(!0xfff), 8192), Err(Reason::BadLogicalAddress));
         let base = t.place(W, Placement::At(0x10_2000), 8192).unwrap();
         t.insert(base, entry(8192, 1, Access::ReadWrite));
         assert_eq!(t.place(W, Placement::At(0x10_3000), 4096), Err(Reason::LogicalOverlap));

@@ -63,7 +63,7 @@ impl Access {
 /// Checks that `[offset, offset + length)` is a non-empty range inside
 /// `limit` units, aligned to `granularity`. Returns the end on success.
 pub(crate) fn check_range(offset: u64, length: u64, limit: u64, granularity: u64) -> Option<u64> {
-    if length == 0 || granularity == 0 || offset % granularity != 0 || length % granularity != 0 {
+    if length == 0 || granularity == 0 || !offset.is_multiple_of(granularity) || !length.is_multiple_of(granularity) {
         return None;
     }
     let end = offset.checked_add(length)?;
