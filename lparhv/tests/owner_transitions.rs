@@ -191,7 +191,6 @@ fn a_cookie_is_useless_to_every_other_partition() {
 #[test]
 fn cookies_are_unique_within_a_client_and_never_zero() {
     let mut f = Fixture::new();
-    f.rng = SeededCookieSource::new(0); // replaced below
     let owner = f.owner();
     let mut script = ScriptedCookieSource::new(vec![5, 0, 5, 7, 5]);
     let req = |client| GrantRequest {
