@@ -4,8 +4,11 @@
 //! - `qemu`: starting one lparos partition as a QEMU process, reading its
 //!   console and event lines, choosing the accelerator.
 //! - `vswitch`: the virtual LAN that connects partitions' NICs.
+//! - `owner`: the owner role of grant / accept / return / rescind: grant
+//!   table, cookies, per-partition logical-to-physical tables, durable state.
 //! - `pattern`: the disk test pattern shared with the guest.
 
+pub mod owner;
 pub mod pattern;
 pub mod qemu;
 pub mod vswitch;
