@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# lparos front door: set-up, build, boot, demos, tests, benchmarks.
+# Run `./run.sh help` for the commands.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+    cat <<'USAGE'
+usage: ./run.sh <command> [options]
+
+commands:
+  setup              install what lparos needs on this machine (qemu-system-x86)
+  build              build the guest kernel (release) and lparhv
+  boot [options]     build and boot one guest with a virtio disk and NIC;
+                     Ctrl-C or --timeout SECONDS stops it
+  demo [lan] [opts]  run the main demo (two partitions on a virtual LAN)
+  test               run every test (unit, property and QEMU integration)
+  bench boot         boot benchmark (figures printed; see docs/benchmarks.md)
+  help               this text
+
+options understood everywhere:
+  --accel auto|kvm|tcg   accelerator (default auto: KVM if it can run lparos,
+                         else TCG; the choice and the reason are printed)
+boot options: --timeout S, --memory MIB, --machine q35|pc, --disk FILE,
+              --ip A.B.C.D/N, --append "WORDS"
+demo lan options: --guests N, --count N
+USAGE
+}
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+# qemu-system-x86 (QEMU 7.2 on Debian 12) with its qboot firmware.
+setup() {
+    if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f /usr/share/qemu/qboot.rom ]; then
+        return 0
+    fi
+    say "qemu-system-x86 is missing: installing it with apt-get (--no-install-recommends)"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "run.sh: need root or sudo to install qemu-system-x86" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo "run.sh: qemu-system-x86 did not install" >&2; exit 1; }
+    say "installed $(qemu-system-x86_64 --version | head -n1)"
+}
+
+build() {
+    say "building the lparos kernel (release)"
+    cargo build --release -q -p lparos-kernel --bin lparos
+    say "building lparhv"
+    cargo build -q -p lparhv
+}
+
+export LPAROS_KERNEL="$PWD/target/release/lparos"
+LPARHV="$PWD/target/debug/lparhv"
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    setup) setup ;;
+    build) build ;;
+    boot)
+        setup; build
+        exec "$LPARHV" boot "$@" ;;
+    demo)
+        setup; build
+        if [ $# -eq 0 ] || [[ "$1" == --* ]]; then set -- lan "$@"; fi
+        exec "$LPARHV" demo "$@" ;;
+    test)
+        [ $# -eq 0 ] || { echo "run.sh test takes no options" >&2; usage >&2; exit 2; }
+        setup; build
+        say "running all tests"
+        cargo test -q --workspace -- --test-threads=2 ;;
+    bench)
+        setup; build
+        [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot)" >&2; usage >&2; exit 2; }
+        exec "$LPARHV" bench "$@" ;;
+    help|-h|--help) usage ;;
+    *)
+        echo "run.sh: unknown command '$cmd'" >&2
+        usage >&2
+        exit 2 ;;
+esac
