@@ -291,7 +291,15 @@ impl Guest {
     pub fn wait_event_where(&mut self, timeout: Duration, mut want: impl FnMut(&Event) -> bool) -> Result<(Event, Instant)> {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(fatal) = self.qemu_fatal_error() {
+                bail!("{}: QEMU stopped the guest: {fatal}\n{}", self.name, self.diagnostics());
+            }
+            // Wake up regularly to notice QEMU's own fatal errors: on a KVM
+            // internal error QEMU pauses the guest instead of exiting.
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            if left.is_zero() {
+                bail!("{}: timed out after {:?}\n{}", self.name, timeout, self.diagnostics());
+            }
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(ev) = parse_event(&line.text) {
@@ -303,9 +311,7 @@ impl Guest {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("{}: timed out after {:?}\n{}", self.name, timeout, self.diagnostics())
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     let exit = self.wait_exit(Duration::from_secs(5)).ok();
                     bail!("{}: console closed (exit {:?})\n{}", self.name, exit, self.diagnostics())
@@ -359,6 +365,16 @@ impl Guest {
         let log = self.log.lock().expect("console log lock");
         let start = log.len().saturating_sub(n);
         log[start..].iter().map(|l| format!("  | {}\n", l.text)).collect()
+    }
+
+    /// A line of QEMU's error output saying the guest cannot go on.
+    pub fn qemu_fatal_error(&self) -> Option<String> {
+        self.stderr
+            .lock()
+            .expect("stderr lock")
+            .iter()
+            .find(|l| l.contains("KVM internal error") || l.contains("emulation failure"))
+            .cloned()
     }
 
     /// QEMU's own error output.
@@ -428,12 +444,11 @@ pub fn probe_kvm(kernel: &Path) -> AccelDecision {
                 Ok(()) => AccelDecision { accel: Accel::Kvm, reason: "KVM probe boot reached ready".into() },
                 Err(e) => {
                     let why = format!("{e:#}");
-                    let detail = why
-                        .lines()
-                        .find(|l| l.contains("KVM internal error") || l.contains("emulation failure") || l.contains("kvm"))
-                        .unwrap_or_else(|| why.lines().next().unwrap_or("unknown"))
-                        .trim()
-                        .to_string();
+                    let first = why.lines().next().unwrap_or("unknown");
+                    let detail = match first.split_once("QEMU stopped the guest: ") {
+                        Some((_, fatal)) => fatal.to_string(),
+                        None => first.to_string(),
+                    };
                     AccelDecision { accel: Accel::Tcg, reason: format!("KVM is present but cannot run lparos here ({detail})") }
                 }
             }
