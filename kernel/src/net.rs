@@ -109,7 +109,6 @@ pub struct NetStack {
     kick: u8,
     /// Raised by the net task when socket state may have changed.
     changed: u8,
-    pub ip: [u8; 4],
 }
 
 impl NetStack {
@@ -130,7 +129,6 @@ impl NetStack {
             reactor,
             kick,
             changed,
-            ip,
         })
     }
 
@@ -234,31 +232,46 @@ pub async fn udp_echo(stack: Arc<NetStack>) {
     }
 }
 
-/// TCP echo server: one client at a time, every byte back.
+/// TCP echo server: every byte back. One socket always listens; a
+/// connection that is closing (or whose peer vanished) never keeps the
+/// next client out, and finished sockets are removed.
 pub async fn tcp_echo(stack: Arc<NetStack>) {
-    let h = stack.add_tcp();
+    let mut conns: Vec<SocketHandle> = Vec::new();
     let mut buf = vec![0u8; 4096];
     loop {
         let changed = stack.changes();
         stack.with(|_, sockets| {
-            let s = sockets.get_mut::<tcp::Socket>(h);
-            if !s.is_open() {
-                if let Err(e) = s.listen(TCP_ECHO_PORT) {
-                    log::error!("tcp echo: listen: {e}");
+            conns.retain(|&h| {
+                let s = sockets.get_mut::<tcp::Socket>(h);
+                if s.is_open() {
+                    return true;
                 }
-                return;
-            }
-            while s.can_recv() && s.can_send() {
-                let room = (s.send_capacity() - s.send_queue()).min(buf.len());
-                let n = s.recv_slice(&mut buf[..room]).unwrap_or(0);
-                if n == 0 {
-                    break;
+                sockets.remove(h);
+                false
+            });
+            if !conns.iter().any(|&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen) {
+                let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]));
+                // A peer that disappears mid-transfer is dropped after 10 s.
+                s.set_timeout(Some(smoltcp::time::Duration::from_secs(10)));
+                match s.listen(TCP_ECHO_PORT) {
+                    Ok(()) => conns.push(sockets.add(s)),
+                    Err(e) => log::error!("tcp echo: listen: {e}"),
                 }
-                let _ = s.send_slice(&buf[..n]);
             }
-            // The client closed its side and everything was echoed: close ours.
-            if s.state() == tcp::State::CloseWait && s.send_queue() == 0 && !s.can_recv() {
-                s.close();
+            for &h in &conns {
+                let s = sockets.get_mut::<tcp::Socket>(h);
+                while s.can_recv() && s.can_send() {
+                    let room = (s.send_capacity() - s.send_queue()).min(buf.len());
+                    let n = s.recv_slice(&mut buf[..room]).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = s.send_slice(&buf[..n]);
+                }
+                // The client closed its side and everything was echoed: close ours.
+                if s.state() == tcp::State::CloseWait && s.send_queue() == 0 && !s.can_recv() {
+                    s.close();
+                }
             }
         });
         changed.await;
@@ -415,13 +428,15 @@ async fn tcp_exchange(stack: &NetStack, peer: Ipv4Address, total: u64) -> (bool,
             break;
         }
     }
-    // Let the FIN go out before the guest exits.
-    let linger = reactor.now_ns() + 200_000_000;
+    // Finish the close handshake (our FIN acknowledged, the server's FIN
+    // acknowledged) before the guest exits, so the server is not left
+    // retransmitting to a peer that is gone. Bounded to 1 s.
+    let linger = reactor.now_ns() + 1_000_000_000;
     loop {
         let changed = stack.changes();
         let closed = stack.with(|_, sockets| {
             let s = sockets.get_mut::<tcp::Socket>(h);
-            !s.is_active() || s.state() == tcp::State::FinWait2 || s.state() == tcp::State::TimeWait
+            !s.is_active() || s.state() == tcp::State::TimeWait
         });
         if closed || timeout(&reactor, linger, changed).await.is_err() {
             break;
