@@ -5,6 +5,7 @@
 //! - `cmdline`: the `key=value` kernel command line.
 //! - `event`: machine-readable event lines on the console.
 //! - `executor`: cooperative async tasks, timers and interrupt wake-ups.
+//! - `vectors`: interrupt vector allocation.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -12,3 +13,4 @@ extern crate alloc;
 pub mod cmdline;
 pub mod event;
 pub mod executor;
+pub mod vectors;

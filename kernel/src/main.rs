@@ -8,15 +8,23 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod console;
+mod devices;
 mod exit;
+mod hw;
 mod memfuncs;
 mod mm;
+mod net;
 mod pvh;
+mod services;
 mod time;
 
 use arch::x86_64::{cpu, gdt, idt, ioapic, lapic, paging, pic};
 use exit::{exit, ExitCode};
 use lparos_kernel::cmdline::Cmdline;
+use alloc::string::ToString;
+use alloc::sync::Arc;
+use core::future::Future;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use lparos_kernel::executor::{Executor, IrqTable, Platform, Reactor};
 
 /// Interrupt counters shared by the interrupt handlers and the executor.
@@ -28,6 +36,13 @@ static CLOCK: time::TscClock = time::TscClock;
 /// (panic = "abort").
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Referenced by landing pads in the precompiled `alloc` (built with
+/// unwinding); never reached, because every panic aborts.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    exit(ExitCode::Panic)
+}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
@@ -117,6 +132,14 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let reactor = Reactor::new(&CLOCK, &IRQS);
     let mut executor = Executor::new(reactor.clone());
 
+    match platform.ecam {
+        Some(ecam) => {
+            devices::init(ecam, reactor.clone());
+            devices::probe();
+        }
+        None => log::warn!("no MCFG table: PCI devices are not available"),
+    }
+
     let ready_us = time::now_us();
     console::event(console::ev("ready").field("boot_us", ready_us).field("heap_kib", heap / 1024));
 
@@ -136,9 +159,83 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if cmdline.has("exit_when_ready") {
         exit(ExitCode::Success);
     }
+    start_services(&cmdline, &reactor);
     executor.run_until(&HaltPlatform, &|| false);
     log::info!("no task left; idling");
     loop {
         HaltPlatform.idle(None, &|| false);
+    }
+}
+
+/// Test tasks still running, and whether one failed: the guest exits when
+/// the last one ends (Success only if all passed).
+static TESTS_PENDING: AtomicUsize = AtomicUsize::new(0);
+static TEST_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn spawn_test(reactor: &Arc<Reactor>, name: &'static str, test: impl Future<Output = bool> + Send + 'static) {
+    TESTS_PENDING.fetch_add(1, Ordering::SeqCst);
+    reactor.spawn(name, async move {
+        if !test.await {
+            TEST_FAILED.store(true, Ordering::SeqCst);
+        }
+        if TESTS_PENDING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            exit(if TEST_FAILED.load(Ordering::SeqCst) { ExitCode::Failure } else { ExitCode::Success });
+        }
+    });
+}
+
+/// Start what the command line asks for (contract in docs/drivers.md).
+fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
+    if let Some(spec) = cmdline.get("disk_test") {
+        spawn_test(reactor, "disk_test", services::disk_test(spec.to_string()));
+    }
+    if let Some(text) = cmdline.get("console_test") {
+        spawn_test(reactor, "console_test", services::console_test(text.to_string(), reactor.clone()));
+    }
+    let ip = match cmdline.get_ipv4("ip") {
+        Ok(ip) => ip,
+        Err(e) => {
+            console::event(console::ev("net_up").field("ok", 0).field("error", e.to_string()));
+            spawn_test(reactor, "net", async { false });
+            return;
+        }
+    };
+    let Some((addr, prefix)) = ip else { return };
+    let (Some(nic), Some(kick), Some(changed)) = (devices::first_net(), devices::alloc_vector(), devices::alloc_vector()) else {
+        console::event(console::ev("net_up").field("ok", 0).field("error", "no virtio-net device"));
+        spawn_test(reactor, "net", async { false });
+        return;
+    };
+    log::info!("net: {} on {}", core::str::from_utf8(cmdline.get("ip").unwrap_or("").as_bytes()).unwrap_or(""), nic.bdf);
+    let stack = net::NetStack::new(nic, addr, prefix, reactor.clone(), kick, changed);
+    let mac = stack.mac();
+    reactor.spawn("net", stack.clone().run());
+    console::event(
+        console::ev("net_up")
+            .field("ip", format_args!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]))
+            .field("mac", format_args!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])),
+    );
+    match cmdline.get("net_role") {
+        Some("server") => {
+            reactor.spawn("udp_echo", net::udp_echo(stack.clone()));
+            reactor.spawn("tcp_echo", net::tcp_echo(stack));
+        }
+        Some("client") => {
+            let peer = cmdline.get_ipv4("peer");
+            let count = cmdline.get_u64("count");
+            match (peer, count) {
+                (Ok(Some((peer, _))), Ok(count)) => {
+                    let count = count.unwrap_or(10).min(100_000) as u32;
+                    spawn_test(reactor, "net_client", net::client(stack, peer, count));
+                }
+                _ => {
+                    log::error!("net_role=client needs peer=<a.b.c.d> and count=<n>");
+                    console::event(console::ev("net_udp").field("ok", 0).field("error", "bad peer= or count="));
+                    spawn_test(reactor, "net_client", async { false });
+                }
+            }
+        }
+        Some(other) => log::warn!("unknown net_role={other}"),
+        None => {}
     }
 }

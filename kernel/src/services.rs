@@ -1,0 +1,143 @@
+//! Guest services the integration tests drive from the kernel command line
+//! (contract in docs/drivers.md): `disk_test=`, `console_test=`, and the
+//! network roles (`ip=`, `net_role=`, `peer=`, `count=`).
+
+use crate::console::{ev, event};
+use crate::devices;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use drivers::pattern::{fill_sector, sector_matches, SECTOR};
+
+/// Sectors per disk request batch in the test.
+const BATCH: u64 = 128;
+
+/// Parse `write:<seed>:<sectors>` / `read:<seed>:<sectors>`.
+pub fn parse_disk_test(spec: &str) -> Result<(bool, u64, u64), String> {
+    let mut parts = spec.split(':');
+    let write = match parts.next() {
+        Some("write") => true,
+        Some("read") => false,
+        _ => return Err(format!("disk_test={spec}: expected write:<seed>:<sectors> or read:<seed>:<sectors>")),
+    };
+    let num = |p: Option<&str>, what: &str| -> Result<u64, String> {
+        let p = p.ok_or_else(|| format!("disk_test={spec}: missing {what}"))?;
+        match p.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => p.parse(),
+        }
+        .map_err(|_| format!("disk_test={spec}: bad {what}"))
+    };
+    let seed = num(parts.next(), "seed")?;
+    let sectors = num(parts.next(), "sector count")?;
+    if parts.next().is_some() || sectors == 0 {
+        return Err(format!("disk_test={spec}: expected a non-zero sector count and nothing after it"));
+    }
+    Ok((write, seed, sectors))
+}
+
+/// Run the disk test; prints its event and returns whether it passed.
+pub async fn disk_test(spec: String) -> bool {
+    let parsed = parse_disk_test(&spec);
+    let (write, seed, sectors) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            event(ev(if spec.starts_with("read") { "disk_read" } else { "disk_write" }).field("ok", 0).field("error", e));
+            return false;
+        }
+    };
+    let name = if write { "disk_write" } else { "disk_read" };
+    let Some(disk) = devices::first_blk() else {
+        event(ev(name).field("ok", 0).field("error", "no virtio-blk disk"));
+        return false;
+    };
+    if sectors > disk.capacity() {
+        event(ev(name).field("ok", 0).field("error", format!("{sectors} sectors requested, disk has {}", disk.capacity())));
+        return false;
+    }
+    log::info!("{name}: {sectors} sectors, seed {seed}, disk {}", disk.bdf);
+    let mut buf = vec![0u8; (BATCH as usize) * SECTOR];
+    if write {
+        let mut s = 0;
+        while s < sectors {
+            let n = (sectors - s).min(BATCH);
+            for (i, chunk) in buf[..n as usize * SECTOR].chunks_exact_mut(SECTOR).enumerate() {
+                let sector: &mut [u8; SECTOR] = chunk.try_into().expect("exact chunk");
+                fill_sector(seed, s + i as u64, sector);
+            }
+            if let Err(e) = disk.write(s, &buf[..n as usize * SECTOR]).await {
+                event(ev(name).field("ok", 0).field("error", format!("write at sector {s}: {e}")));
+                return false;
+            }
+            s += n;
+        }
+        if let Err(e) = disk.flush().await {
+            event(ev(name).field("ok", 0).field("error", format!("flush: {e}")));
+            return false;
+        }
+        event(ev(name).field("ok", 1).field("sectors", sectors).field("seed", seed));
+        true
+    } else {
+        let (mut mismatches, mut first_bad) = (0u64, -1i64);
+        let mut s = 0;
+        while s < sectors {
+            let n = (sectors - s).min(BATCH);
+            if let Err(e) = disk.read(s, &mut buf[..n as usize * SECTOR]).await {
+                event(ev(name).field("ok", 0).field("sectors", sectors).field("error", format!("read at sector {s}: {e}")));
+                return false;
+            }
+            for (i, chunk) in buf[..n as usize * SECTOR].chunks_exact(SECTOR).enumerate() {
+                let sector: &[u8; SECTOR] = chunk.try_into().expect("exact chunk");
+                if !sector_matches(seed, s + i as u64, sector) {
+                    mismatches += 1;
+                    if first_bad < 0 {
+                        first_bad = (s + i as u64) as i64;
+                    }
+                }
+            }
+            s += n;
+        }
+        let ok = mismatches == 0;
+        event(ev(name).field("ok", ok as u8).field("sectors", sectors).field("mismatches", mismatches).field("first_bad", first_bad));
+        ok
+    }
+}
+
+/// Write `text` + newline to the first virtio console, then read one line
+/// (up to 5 s). Passes when both happened.
+pub async fn console_test(text: String, reactor: alloc::sync::Arc<lparos_kernel::executor::Reactor>) -> bool {
+    let Some(con) = devices::first_console() else {
+        event(ev("console_write").field("ok", 0).field("error", "no virtio console"));
+        return false;
+    };
+    log::info!("console_test on {}", con.bdf);
+    let mut line = text.into_bytes();
+    line.push(b'\n');
+    let deadline = reactor.now_ns() + 5_000_000_000;
+    let wrote = match con.write_all(&line, deadline).await {
+        Ok(()) => {
+            event(ev("console_write").field("ok", 1).field("bytes", line.len()));
+            true
+        }
+        Err(e) => {
+            event(ev("console_write").field("ok", 0).field("error", e.to_string()));
+            false
+        }
+    };
+    let deadline = reactor.now_ns() + 5_000_000_000;
+    let read = match con.read_line(deadline).await {
+        Ok(Some(l)) => {
+            event(ev("console_read").field("ok", 1).field("line", l));
+            true
+        }
+        Ok(None) => {
+            event(ev("console_read").field("ok", 0).field("line", "").field("error", "timeout"));
+            false
+        }
+        Err(e) => {
+            event(ev("console_read").field("ok", 0).field("line", "").field("error", e.to_string()));
+            false
+        }
+    };
+    wrote && read
+}
