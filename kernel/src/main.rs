@@ -152,6 +152,13 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
             // SAFETY: deliberately reads an unmapped address to raise #PF.
             unsafe { core::ptr::read_volatile(0x7fff_dead_0000 as *const u64) };
         }
+        Some("wx") => {
+            // Write to the kernel's own code: text is mapped read-only, so
+            // this must raise a page fault (error code: present | write).
+            let text = kernel_main as usize as *mut u8;
+            // SAFETY: deliberately faults; the write never completes.
+            unsafe { core::ptr::write_volatile(text, 0xcc) };
+        }
         Some(other) => log::warn!("unknown fault={other}"),
         None => {}
     }

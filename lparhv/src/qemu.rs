@@ -104,6 +104,9 @@ pub struct GuestSpec {
     pub cmdline: String,
     pub disks: Vec<Disk>,
     pub nics: Vec<Nic>,
+    /// Attach isa-debug-exit so the guest can report an exit code (off:
+    /// the guest can only power off through ACPI).
+    pub debug_exit: bool,
     /// Extra raw QEMU arguments.
     pub extra: Vec<String>,
 }
@@ -119,6 +122,7 @@ impl GuestSpec {
             cmdline: String::new(),
             disks: Vec::new(),
             nics: Vec::new(),
+            debug_exit: true,
             extra: Vec::new(),
         }
     }
@@ -156,9 +160,11 @@ impl GuestSpec {
             "-no-reboot".into(),
             "-serial".into(),
             "stdio".into(),
-            "-device".into(),
-            "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
         ];
+        if self.debug_exit {
+            a.push("-device".into());
+            a.push("isa-debug-exit,iobase=0xf4,iosize=0x04".into());
+        }
         for (i, d) in self.disks.iter().enumerate() {
             a.push("-drive".into());
             a.push(format!("file={},if=none,format={},id=disk{i},cache=none,aio=threads", d.path.display(), d.format));

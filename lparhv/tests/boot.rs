@@ -66,3 +66,26 @@ fn page_fault_reports_the_faulting_address() {
     assert_eq!(ev.get("vector"), Some("14"));
     assert_eq!(ev.get("addr"), Some("0x7fffdead0000"));
 }
+
+#[test]
+fn writing_kernel_text_faults() {
+    let (exit, console) = fault("wx");
+    assert_eq!(exit, GuestExit::Code(3), "console:\n{console}");
+    let ev = console.lines().filter_map(lparhv::parse_event).find(|e| e.name == "exception").expect("exception event");
+    assert_eq!(ev.get("vector"), Some("14"));
+    assert!(console.contains("error_code=0x3 "), "present + write expected:\n{console}");
+}
+
+#[test]
+fn without_debug_exit_the_guest_powers_off_through_acpi() {
+    for machine in [qemu::Machine::Q35, qemu::Machine::Pc] {
+        let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
+        let mut spec = GuestSpec::new("acpi-off", &kernel(), d.accel);
+        spec.machine = machine;
+        spec.debug_exit = false;
+        spec.cmdline = "exit_when_ready".into();
+        let mut g = Guest::spawn(&spec, false).unwrap();
+        g.wait_event("ready", Duration::from_secs(30)).unwrap();
+        assert_eq!(g.wait_exit(Duration::from_secs(10)).unwrap(), GuestExit::PoweredOff, "{machine:?}");
+    }
+}
