@@ -99,7 +99,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let raw = match pvh::read_start_info(start_info) {
         Ok(raw) => raw,
         Err(e) => {
-            console::write_line(format_args!("lparos: unusable PVH start info: {e:?}"));
+            console::write_line(format_args!("lparos: unusable PVH start info: {e}"));
             exit(ExitCode::Failure)
         }
     };
@@ -155,7 +155,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         Some("wx") => {
             // Write to the kernel's own code: text is mapped read-only, so
             // this must raise a page fault (error code: present | write).
-            let text = kernel_main as usize as *mut u8;
+            let text = kernel_main as *const () as *mut u8;
             // SAFETY: deliberately faults; the write never completes.
             unsafe { core::ptr::write_volatile(text, 0xcc) };
         }

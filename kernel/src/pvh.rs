@@ -66,6 +66,15 @@ pub enum BootInfoError {
     NoMemoryMap,
 }
 
+impl core::fmt::Display for BootInfoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BootInfoError::BadMagic(m) => write!(f, "hvm_start_info magic {m:#x}, expected {START_INFO_MAGIC:#x} (not booted through PVH?)"),
+            BootInfoError::NoMemoryMap => write!(f, "no memory map in hvm_start_info (PVH version 0 loader?)"),
+        }
+    }
+}
+
 /// Largest memory map we accept.
 const MAX_MEMMAP_ENTRIES: u32 = 128;
 /// Longest command line read from the loader.

@@ -37,11 +37,6 @@ pub fn calibrate() -> u64 {
     hz
 }
 
-/// TSC rate in Hz (0 before calibration).
-pub fn tsc_hz() -> u64 {
-    TSC_HZ.load(Ordering::Relaxed)
-}
-
 /// Convert a TSC delta to nanoseconds.
 pub fn tsc_to_ns(delta: u64) -> u64 {
     let hz = TSC_HZ.load(Ordering::Relaxed);

@@ -53,14 +53,3 @@ pub fn halt_forever() -> ! {
         x86_64::instructions::hlt();
     }
 }
-
-/// CPUID leaf/subleaf.
-pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
-    core::arch::x86_64::__cpuid_count(leaf, subleaf)
-}
-
-/// Read a model-specific register.
-pub fn rdmsr(msr: u32) -> u64 {
-    // SAFETY: callers only name MSRs that exist on x86_64 (APIC base, EFER).
-    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
-}
