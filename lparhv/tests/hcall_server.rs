@@ -555,3 +555,40 @@ async fn guest_reboot_returns_its_grants() {
         d.stop().await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_crash_tears_down_its_sub_grants() {
+    bounded!(async {
+        let s = setup();
+        let d = start(&s).await;
+        let mut a = guest(&s, "lpar1").await;
+        let mut b = guest(&s, "lpar2").await;
+        let g = owner_grant(&d, "shm0", "lpar1", 0, 8192).await;
+        let Got::Accepted { laddr, .. } = a.accept(cookie_of(&g), None).await else { panic!() };
+        let Got::Cookie(sub) = a.call(Request::GrantLogical { laddr, length: 4096, to: Name::new("lpar2").unwrap() }).await
+        else {
+            panic!()
+        };
+        let Got::Accepted { laddr: lb, .. } = b.accept(sub, None).await else { panic!() };
+        // lpar1's QEMU dies: the supervisor makes exactly this call.
+        let id = lparhv::hcall::server::lock(d.system()).partition_id("lpar1").unwrap();
+        lparhv::hcall::server::lock(d.system()).fail_partition(id).unwrap();
+        // lpar2 is told, and its mapping of lpar1's sub-grant answers H_RESCINDED.
+        loop {
+            match b.next_event().await {
+                Event::Granted { .. } => continue,
+                Event::Rescinded { cookie, laddr, forced } => {
+                    assert_eq!((cookie, laddr, forced), (sub, Some(lb), true));
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(b.call(Request::CopyFromLogical { laddr: lb, len: 8 }).await.code(), ReturnCode::Rescinded.raw());
+        assert_eq!(b.call(Request::ReturnLogical { laddr: lb }).await, Got::Done);
+        // The hypervisor returned lpar1's grant: the owner can rescind normally.
+        assert!(owner(&d, ControlRequest::Rescind { cookie: g.cookie.clone(), partition: "lpar1".into(), force: false }).await.is_ok());
+        drop((a, b));
+        d.stop().await;
+    });
+}

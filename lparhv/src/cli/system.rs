@@ -82,6 +82,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     target: Target,
     /// Machine-readable output.
+    /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
 }
@@ -91,6 +92,7 @@ pub struct JsonArgs {
     #[command(flatten)]
     target: Target,
     /// Machine-readable output.
+    /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
 }
@@ -110,6 +112,7 @@ pub struct GrantArgs {
     length: Option<u64>,
     #[command(flatten)]
     target: Target,
+    /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
 }
@@ -126,6 +129,7 @@ pub struct RescindArgs {
     force: bool,
     #[command(flatten)]
     target: Target,
+    /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
 }
@@ -137,6 +141,7 @@ pub struct EventsArgs {
     /// How many of the most recent events.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
 }
@@ -244,7 +249,7 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
 }
 
 fn up(ctx: &Ctx, args: UpArgs) -> Result<()> {

@@ -597,11 +597,13 @@ impl System {
 
     // ----- partition failure ------------------------------------------------------
 
-    /// The partition died (QEMU exited) or rebooted. If it granted anything
-    /// that still stands, this is an owner failure: its clients get
+    /// The partition died (QEMU exited) or rebooted. If it owns a resource
+    /// it granted and that grant still stands, this is an owner failure: its clients get
     /// OWNER_FAILURE and the grace, and the daemon finishes recovery at the
     /// deadline. Otherwise it is a client failure: the hypervisor performs
-    /// its returns at once.
+    /// its returns at once, and what it sub-granted from resources it held
+    /// is torn down at once (the owner model's operation 6 for a failed
+    /// server of a sub-grant).
     pub fn fail_partition(&mut self, id: PartitionId) -> std::result::Result<(), OpError> {
         let Some(current) = self.table.current_ref(id) else {
             return Err(op_err(ReturnCode::NotFound, "no such partition"));
@@ -614,7 +616,7 @@ impl System {
         let granted = self
             .table
             .grants()
-            .any(|g| g.granter == current && g.owner_state == OwnerState::Sharable);
+            .any(|g| g.granter == current && g.parent.is_none() && g.owner_state == OwnerState::Sharable);
         if granted {
             let now = now_ms();
             let started =
