@@ -181,7 +181,7 @@ impl SystemConfig {
     /// resolve relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<SystemConfig, ConfigError> {
         let ctx = Ctx { text, file: path };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
         ctx.validate(raw)
     }
 
@@ -358,7 +358,7 @@ impl Ctx<'_> {
         ConfigError { file: self.file.to_path_buf(), line, column, message: message.into(), fix: fix.into() }
     }
 
-    fn from_toml(&self, e: &toml::de::Error) -> ConfigError {
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let message = e.message().trim().to_string();
         let fix = if message.contains("unknown field") {
             "remove the key or correct its spelling (the message lists the keys allowed here)".to_string()
