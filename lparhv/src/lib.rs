@@ -7,7 +7,12 @@
 //! - `owner`: the owner role of grant / accept / return / rescind: grant
 //!   table, cookies, per-partition logical-to-physical tables, durable state.
 //! - `pattern`: the disk test pattern shared with the guest.
+//! - `config`: the TOML description of a managed system.
+//! - `hcall`: the hypercall channel server, the control socket and the
+//!   daemon that `lparhv up` runs.
 
+pub mod config;
+pub mod hcall;
 pub mod owner;
 pub mod pattern;
 pub mod qemu;

@@ -3,6 +3,7 @@
 mod bench;
 mod boot;
 mod demo;
+mod system;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Say which accelerator would be used, and why.
     Accel,
+    #[command(flatten)]
+    System(system::SystemCommand),
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -51,6 +54,7 @@ pub fn run() -> Result<()> {
         Command::Boot(args) => boot::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Bench(args) => bench::run(&ctx, args),
+        Command::System(cmd) => system::run(&ctx, cmd),
         Command::Accel => {
             let d = ctx.accel()?;
             println!("{} ({})", d.accel, d.reason);

@@ -1,0 +1,296 @@
+//! `lparhv up / status / down / grant / rescind / resources / events`: run
+//! a managed system from its TOML config and play the owner role on it.
+//! Everything but `up` talks to the running daemon over its control socket.
+
+use super::{interrupted, Ctx};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use lparhv::config::SystemConfig;
+use lparhv::hcall::control::{self, ControlRequest};
+use lparhv::hcall::system::{GrantView, LogEntry, RescindView, ResourceView, StatusView};
+use lparhv::hcall::{control_socket_path, Daemon};
+use lparhv::owner::OsCookieSource;
+use lparhv::qemu::{self, AccelChoice};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum SystemCommand {
+    /// Validate a config, open its state, create the hypercall sockets,
+    /// start every partition under QEMU and serve until `down` or Ctrl-C.
+    Up(UpArgs),
+    /// Show the partitions of the running system.
+    Status(StatusArgs),
+    /// Stop the running system (kills its partitions).
+    Down(Target),
+    /// Grant (part of) an owner resource to a partition; prints the cookie.
+    Grant(GrantArgs),
+    /// Rescind a grant the owner made (normal: only after the client returned).
+    Rescind(RescindArgs),
+    /// List the owner's resources and their grants.
+    Resources(JsonArgs),
+    /// Show the recent event log.
+    Events(EventsArgs),
+}
+
+/// Which running system to talk to.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The system's config file (its state_dir holds the control socket).
+    /// Default: $LPARHV_CONFIG.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// The control socket itself (instead of --config). Default: $LPARHV_CONTROL.
+    #[arg(long)]
+    control: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(c) = &self.control {
+            return Ok(c.clone());
+        }
+        let config = self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from));
+        if let Some(path) = config {
+            let config = SystemConfig::load(&path)?;
+            return Ok(control_socket_path(&config.state_dir));
+        }
+        if let Some(c) = std::env::var_os("LPARHV_CONTROL") {
+            return Ok(c.into());
+        }
+        bail!("which system? pass --config <file.toml> (or --control <socket>, or set LPARHV_CONFIG)")
+    }
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// The system's TOML config (e.g. images/two-lpars.toml).
+    config: PathBuf,
+    /// Only validate the config and print what would start.
+    #[arg(long)]
+    check: bool,
+    /// Serve the channels and the control socket but start no QEMU.
+    #[arg(long)]
+    no_start: bool,
+    /// Do not copy the guests' consoles to stdout.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Machine-readable output.
+    /// Machine-readable output (JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct JsonArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Machine-readable output.
+    /// Machine-readable output (JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// Owner resource name (see `lparhv resources`).
+    resource: String,
+    /// Client partition.
+    #[arg(long)]
+    to: String,
+    /// Byte offset inside the resource (multiple of 4096).
+    #[arg(long)]
+    offset: Option<u64>,
+    /// Bytes to grant (multiple of 4096; default: to the end).
+    #[arg(long)]
+    length: Option<u64>,
+    #[command(flatten)]
+    target: Target,
+    /// Machine-readable output (JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RescindArgs {
+    /// The cookie `lparhv grant` printed (32 hex digits).
+    cookie: String,
+    /// The partition the grant was made to.
+    #[arg(long)]
+    partition: String,
+    /// Take it even if the client still uses it (its later calls get H_RESCINDED).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    target: Target,
+    /// Machine-readable output (JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// How many of the most recent events.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Machine-readable output (JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
+    match cmd {
+        SystemCommand::Up(args) => up(ctx, args),
+        SystemCommand::Status(a) => {
+            let v = control::call(&a.target.socket()?, &ControlRequest::Status)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let s: StatusView = serde_json::from_value(v)?;
+                println!("system {} (owner {}, state {}), {} grants", s.system, s.owner, s.state_dir.display(), s.grants);
+                println!("{:<12} {:>3} {:>4} {:<8} {:<28} {:>8}  qemu", "partition", "id", "gen", "role", "channel", "mappings");
+                for p in s.partitions {
+                    println!(
+                        "{:<12} {:>3} {:>4} {:<8} {:<28} {:>8}  {:?}{}",
+                        p.name,
+                        p.id,
+                        p.generation,
+                        p.role,
+                        p.channel,
+                        p.mappings,
+                        p.runtime,
+                        if p.recovering { " (owner recovery)" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        SystemCommand::Down(t) => {
+            control::call(&t.socket()?, &ControlRequest::Down)?;
+            println!("lparhv: shutdown requested");
+            Ok(())
+        }
+        SystemCommand::Grant(a) => {
+            let req = ControlRequest::Grant { resource: a.resource, to: a.to, offset: a.offset, length: a.length };
+            let v = control::call(&a.target.socket()?, &req)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let g: GrantView = serde_json::from_value(v)?;
+                println!("{}", g.cookie);
+                eprintln!("granted {} bytes of {} at offset {:#x} to {} (grant {})", g.length, g.resource, g.offset, g.client, g.grant);
+            }
+            Ok(())
+        }
+        SystemCommand::Rescind(a) => {
+            let req = ControlRequest::Rescind { cookie: a.cookie, partition: a.partition, force: a.force };
+            let v = control::call(&a.target.socket()?, &req)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let r: RescindView = serde_json::from_value(v)?;
+                if r.torn_down.is_empty() {
+                    println!("{}: already rescinded (nothing to do)", r.cookie);
+                } else {
+                    println!("{}: rescinded{}: {}", r.cookie, if r.force { " (forced)" } else { "" }, r.torn_down.join(", "));
+                }
+            }
+            Ok(())
+        }
+        SystemCommand::Resources(a) => {
+            let v = control::call(&a.target.socket()?, &ControlRequest::Resources)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rs: Vec<ResourceView> = serde_json::from_value(v)?;
+                for r in rs {
+                    println!("{} ({} bytes of {}, {}) file {}", r.name, r.size, r.kind, r.state, r.file.display());
+                    for g in r.grants {
+                        println!(
+                            "  {} grant {} {} -> {} [{:#x}, +{:#x}) owner {} client {}{}",
+                            g.cookie,
+                            g.grant,
+                            g.granter,
+                            g.client,
+                            g.offset,
+                            g.length,
+                            g.owner_state,
+                            g.client_state,
+                            g.laddr.map(|l| format!(" at {l:#x}")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        SystemCommand::Events(a) => {
+            let v = control::call(&a.target.socket()?, &ControlRequest::Events { limit: Some(a.limit) })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let es: Vec<LogEntry> = serde_json::from_value(v)?;
+                for e in es {
+                    println!("{:>6} {} {:<14} {:<10} {}", e.seq, e.time_ms, e.kind, e.partition.unwrap_or_default(), e.detail);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init();
+}
+
+fn up(ctx: &Ctx, args: UpArgs) -> Result<()> {
+    init_logging();
+    let config = SystemConfig::load(&args.config)?;
+    if !args.no_start {
+        config.check_files()?;
+    }
+    if args.check {
+        println!("{}: valid; {} partitions, {} owner regions, state in {}", args.config.display(), config.partitions.len(), config.owner.memory.len(), config.state_dir.display());
+        return Ok(());
+    }
+    let accel = if args.no_start {
+        None
+    } else {
+        let choice: AccelChoice = match ctx.accel_choice {
+            AccelChoice::Auto => config.accel.parse()?,
+            forced => forced,
+        };
+        let image = config.partitions.first().map(|p| p.image.clone()).unwrap_or_else(|| ctx.kernel.clone());
+        let d = qemu::choose_accel(choice, &image)?;
+        eprintln!("lparhv: accelerator {} ({})", d.accel, d.reason);
+        Some(d.accel)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let mut daemon = Daemon::start(&config, Box::new(OsCookieSource)).await.context("starting the daemon")?;
+        if let Some(accel) = accel {
+            daemon.start_partitions(accel, !args.quiet)?;
+        }
+        eprintln!("lparhv: serving {} ({}); `lparhv down --config {}` or Ctrl-C stops it", config.name, daemon.control_socket().display(), args.config.display());
+        let ctrl_c = async {
+            while !interrupted() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = daemon.down_requested() => eprintln!("lparhv: down requested"),
+            _ = ctrl_c => eprintln!("lparhv: Ctrl-C"),
+        }
+        daemon.stop().await;
+        Ok::<(), anyhow::Error>(())
+    })
+}

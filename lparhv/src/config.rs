@@ -1,0 +1,900 @@
+//! The declarative description of one managed system, read from TOML.
+//!
+//! A config names the partitions lparhv starts (memory, vCPUs, image,
+//! command line, NICs, disks, role), the resources the owner (lparhv itself)
+//! can grant, who may share with whom and who may issue which partition
+//! command, the owner-failure grace, and the state directory where the
+//! durable tables, the memory-region files and the sockets live.
+//!
+//! [`SystemConfig::load`] / [`SystemConfig::parse`] return either a fully
+//! validated config or a [`ConfigError`] that names the file, the line (and
+//! column) and says how to fix it. Validation never touches the disk except
+//! [`SystemConfig::check_files`], which `lparhv up` calls before starting
+//! anything. See `docs/lparhv.md` for the format.
+
+use hypercall_abi::Name;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The seed's minimum grace for returns after an owner failed.
+pub const MIN_GRACE_MS: u64 = 2_000;
+/// The largest grace accepted (a typo like an extra zero should not make
+/// recovery take hours).
+pub const MAX_GRACE_MS: u64 = 600_000;
+/// Largest owner memory region (1 GiB).
+pub const MAX_REGION_BYTES: u64 = 1 << 30;
+/// Region sizes are whole pages.
+pub const REGION_ALIGN: u64 = 4096;
+/// Guest memory limits in MiB.
+pub const MIN_MEMORY_MIB: u32 = 16;
+pub const MAX_MEMORY_MIB: u32 = 65_536;
+pub const MAX_VCPUS: u32 = 64;
+/// Name the owner has when the config does not give one.
+pub const DEFAULT_OWNER_NAME: &str = "owner";
+
+/// A config that failed to load: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)?;
+        if !self.fix.is_empty() {
+            write!(f, "\n  fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a partition is for. Only informational for the grant protocol;
+/// the failover and storage issues give roles behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Uses resources others grant it.
+    Client,
+    /// Serves a resource (e.g. a storage server, the "VIOS").
+    Server,
+    /// The active member of an active/standby pair.
+    Active,
+    /// The standby member of an active/standby pair.
+    Standby,
+}
+
+/// A partition command a partition may be authorized to issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionCommand {
+    Deact,
+    Act,
+    AddPci,
+    RemPci,
+}
+
+/// One NIC: a port on virtual LAN `lan` with MAC address `mac`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NicConfig {
+    pub lan: String,
+    pub mac: String,
+}
+
+/// One virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DiskConfig {
+    /// Absolute, or made absolute relative to the config file's directory.
+    pub path: PathBuf,
+    pub format: String,
+    pub readonly: bool,
+}
+
+/// One partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionConfig {
+    pub name: String,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// The kernel image (absolute, or relative to the config's directory).
+    pub image: PathBuf,
+    pub cmdline: String,
+    pub nics: Vec<NicConfig>,
+    pub disks: Vec<DiskConfig>,
+    pub role: Role,
+}
+
+/// One memory region the owner can grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryRegionConfig {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The owner partition (lparhv itself) and what it owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnerConfig {
+    pub name: String,
+    pub memory: Vec<MemoryRegionConfig>,
+}
+
+/// May `partition` issue `commands`, against `targets` (all partitions when
+/// `None`)?
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommandAuthorization {
+    pub partition: String,
+    pub commands: BTreeSet<PartitionCommand>,
+    pub targets: Option<BTreeSet<String>>,
+}
+
+/// A validated system description.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SystemConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub name: String,
+    /// Absolute, or relative to the config file's directory.
+    pub state_dir: PathBuf,
+    /// Owner-failure grace in milliseconds (≥ [`MIN_GRACE_MS`]).
+    pub grace_ms: u64,
+    /// auto, kvm or tcg.
+    pub accel: String,
+    pub owner: OwnerConfig,
+    pub partitions: Vec<PartitionConfig>,
+    /// (granter, client) pairs: who may share with whom (directional).
+    pub sharing: BTreeSet<(String, String)>,
+    pub commands: Vec<CommandAuthorization>,
+}
+
+impl SystemConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<SystemConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!("cannot read the config: {e}"),
+            fix: "check the path; `lparhv up` takes the path of a TOML file such as images/two-lpars.toml".into(),
+        })?;
+        SystemConfig::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (used for messages and to
+    /// resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<SystemConfig, ConfigError> {
+        let ctx = Ctx { text, file: path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+        ctx.validate(raw)
+    }
+
+    /// The partition with this name.
+    pub fn partition(&self, name: &str) -> Option<&PartitionConfig> {
+        self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// Whether `partition` may issue `command` against `target`.
+    pub fn may_issue(&self, partition: &str, command: PartitionCommand, target: &str) -> bool {
+        self.commands.iter().any(|c| {
+            c.partition == partition
+                && c.commands.contains(&command)
+                && c.targets.as_ref().is_none_or(|t| t.contains(target))
+        })
+    }
+
+    /// Checks what validation does not: that images and disks exist. `up`
+    /// calls it before starting anything.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let err = |message: String, fix: &str| ConfigError {
+            file: self.path.clone(),
+            line: None,
+            column: None,
+            message,
+            fix: fix.into(),
+        };
+        for p in &self.partitions {
+            if !p.image.is_file() {
+                return Err(err(
+                    format!("partition {:?}: image {} does not exist", p.name, p.image.display()),
+                    "build it with `./run.sh build`, or point `image` at an existing kernel (relative paths start at the config's directory)",
+                ));
+            }
+            for d in &p.disks {
+                if !d.path.is_file() {
+                    return Err(err(
+                        format!("partition {:?}: disk {} does not exist", p.name, d.path.display()),
+                        "create the image first (e.g. `truncate -s 16M <path>`) or fix `path`",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ----- raw (as written) ----------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    system: Spanned<RawSystem>,
+    owner: Option<Spanned<RawOwner>>,
+    #[serde(default)]
+    partition: Vec<Spanned<RawPartition>>,
+    #[serde(default)]
+    authorizations: Option<RawAuthorizations>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    name: Spanned<String>,
+    state_dir: Spanned<String>,
+    #[serde(default)]
+    grace_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    accel: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    #[serde(default)]
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    memory: Vec<Spanned<RawRegion>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: Spanned<String>,
+    size: Spanned<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    name: Spanned<String>,
+    memory_mib: Spanned<u32>,
+    #[serde(default)]
+    vcpus: Option<Spanned<u32>>,
+    image: Spanned<String>,
+    #[serde(default)]
+    cmdline: Option<Spanned<String>>,
+    #[serde(default)]
+    nics: Vec<Spanned<RawNic>>,
+    #[serde(default)]
+    disks: Vec<Spanned<RawDisk>>,
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNic {
+    lan: Spanned<String>,
+    mac: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    path: Spanned<String>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    readonly: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthorizations {
+    #[serde(default)]
+    share: Vec<Spanned<RawShare>>,
+    #[serde(default)]
+    commands: Vec<Spanned<RawCommands>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    from: Spanned<String>,
+    to: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    partition: Spanned<String>,
+    allow: Vec<PartitionCommand>,
+    #[serde(default)]
+    targets: Option<Vec<Spanned<String>>>,
+}
+
+// ----- validation ----------------------------------------------------------
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// 1-based (line, column) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text.as_bytes()[..offset];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let column = self.text[line_start..offset].chars().count() + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) => {
+                let (l, c) = self.position(s.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError { file: self.file.to_path_buf(), line, column, message: message.into(), fix: fix.into() }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_string();
+        let fix = if message.contains("unknown field") {
+            "remove the key or correct its spelling (the message lists the keys allowed here)".to_string()
+        } else if let Some(field) = message.strip_prefix("missing field ") {
+            format!("add {} to this table (see docs/lparhv.md for the format)", field.trim())
+        } else if message.contains("unknown variant") {
+            "use one of the values the message lists".to_string()
+        } else if message.contains("invalid type") {
+            "give the value the type the message asks for (strings in quotes, numbers without)".to_string()
+        } else {
+            "fix the TOML syntax at this place (see docs/lparhv.md for an example)".to_string()
+        };
+        self.error(e.span(), message, fix)
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(path)
+        }
+    }
+
+    fn name(&self, s: &Spanned<String>, what: &str) -> Result<String, ConfigError> {
+        Name::new(s.get_ref()).map_err(|e| {
+            self.error(
+                Some(s.span()),
+                format!("{what} {:?} is not a valid name ({e:?})", s.get_ref()),
+                "use 1 to 32 characters from A-Z a-z 0-9 - _ . starting with a letter or digit",
+            )
+        })?;
+        Ok(s.get_ref().clone())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<SystemConfig, ConfigError> {
+        let system = raw.system.into_inner();
+        let name = self.name(&system.name, "system name")?;
+        if system.state_dir.get_ref().trim().is_empty() {
+            return Err(self.error(
+                Some(system.state_dir.span()),
+                "state_dir is empty",
+                "set state_dir to a directory lparhv may create and own, e.g. \"/tmp/lparhv-demo\"",
+            ));
+        }
+        let state_dir = self.resolve(system.state_dir.get_ref());
+        let grace_ms = match &system.grace_ms {
+            None => MIN_GRACE_MS,
+            Some(g) if *g.get_ref() < MIN_GRACE_MS => {
+                return Err(self.error(
+                    Some(g.span()),
+                    format!("grace_ms = {} is shorter than the 2 s minimum owner-failure grace", g.get_ref()),
+                    format!("set grace_ms to at least {MIN_GRACE_MS}"),
+                ))
+            }
+            Some(g) if *g.get_ref() > MAX_GRACE_MS => {
+                return Err(self.error(
+                    Some(g.span()),
+                    format!("grace_ms = {} is longer than the {MAX_GRACE_MS} ms maximum", g.get_ref()),
+                    format!("set grace_ms between {MIN_GRACE_MS} and {MAX_GRACE_MS}"),
+                ))
+            }
+            Some(g) => *g.get_ref(),
+        };
+        let accel = match &system.accel {
+            None => "auto".to_string(),
+            Some(a) if ["auto", "kvm", "tcg"].contains(&a.get_ref().as_str()) => a.get_ref().clone(),
+            Some(a) => {
+                return Err(self.error(
+                    Some(a.span()),
+                    format!("unknown accelerator {:?}", a.get_ref()),
+                    "use accel = \"auto\", \"kvm\" or \"tcg\"",
+                ))
+            }
+        };
+
+        // Every name in one namespace: the owner and the partitions.
+        let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        let owner = match raw.owner {
+            None => OwnerConfig { name: DEFAULT_OWNER_NAME.into(), memory: Vec::new() },
+            Some(o) => {
+                let o = o.into_inner();
+                let name = match &o.name {
+                    Some(n) => self.name(n, "owner name")?,
+                    None => DEFAULT_OWNER_NAME.into(),
+                };
+                let mut memory = Vec::new();
+                let mut seen: BTreeSet<String> = BTreeSet::new();
+                for region in &o.memory {
+                    let r = region.get_ref();
+                    let rname = self.name(&r.name, "memory region name")?;
+                    if !seen.insert(rname.clone()) {
+                        return Err(self.error(
+                            Some(r.name.span()),
+                            format!("memory region {rname:?} is defined twice"),
+                            "give every [[owner.memory]] region its own name",
+                        ));
+                    }
+                    let size = self.size(&r.size)?;
+                    memory.push(MemoryRegionConfig { name: rname, size });
+                }
+                OwnerConfig { name, memory }
+            }
+        };
+        names.insert(owner.name.clone(), 0..0);
+
+        let mut partitions = Vec::new();
+        let mut macs: BTreeSet<String> = BTreeSet::new();
+        for p in &raw.partition {
+            let span = p.span();
+            let p = p.get_ref();
+            let pname = self.name(&p.name, "partition name")?;
+            if names.contains_key(&pname) {
+                let what = if pname == owner.name { "the owner's name" } else { "another partition's name" };
+                return Err(self.error(
+                    Some(p.name.span()),
+                    format!("partition name {pname:?} is already used as {what}"),
+                    "give every partition (and the owner) a distinct name",
+                ));
+            }
+            names.insert(pname.clone(), span);
+            let memory_mib = *p.memory_mib.get_ref();
+            if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+                return Err(self.error(
+                    Some(p.memory_mib.span()),
+                    format!("partition {pname:?}: memory_mib = {memory_mib} is out of range"),
+                    format!("set memory_mib between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}"),
+                ));
+            }
+            let vcpus = match &p.vcpus {
+                None => 1,
+                Some(v) if (1..=MAX_VCPUS).contains(v.get_ref()) => *v.get_ref(),
+                Some(v) => {
+                    return Err(self.error(
+                        Some(v.span()),
+                        format!("partition {pname:?}: vcpus = {} is out of range", v.get_ref()),
+                        format!("set vcpus between 1 and {MAX_VCPUS}"),
+                    ))
+                }
+            };
+            if p.image.get_ref().trim().is_empty() {
+                return Err(self.error(
+                    Some(p.image.span()),
+                    format!("partition {pname:?}: image is empty"),
+                    "set image to the lparos kernel, e.g. \"../target/release/lparos\"",
+                ));
+            }
+            let mut nics = Vec::new();
+            for nic in &p.nics {
+                let n = nic.get_ref();
+                let lan = self.name(&n.lan, "LAN name")?;
+                let mac = n.mac.get_ref().to_ascii_lowercase();
+                if !valid_mac(&mac) {
+                    return Err(self.error(
+                        Some(n.mac.span()),
+                        format!("partition {pname:?}: {:?} is not a unicast MAC address", n.mac.get_ref()),
+                        "write six hex pairs separated by colons with the first byte even, e.g. \"52:54:00:00:00:01\"",
+                    ));
+                }
+                if !macs.insert(mac.clone()) {
+                    return Err(self.error(
+                        Some(n.mac.span()),
+                        format!("MAC address {mac} is used twice"),
+                        "give every NIC of the system its own MAC address",
+                    ));
+                }
+                nics.push(NicConfig { lan, mac });
+            }
+            let mut disks = Vec::new();
+            for disk in &p.disks {
+                let d = disk.get_ref();
+                if d.path.get_ref().trim().is_empty() {
+                    return Err(self.error(Some(d.path.span()), "disk path is empty", "set path to a disk image file"));
+                }
+                let format = match &d.format {
+                    None => "raw".to_string(),
+                    Some(f) if ["raw", "qcow2"].contains(&f.get_ref().as_str()) => f.get_ref().clone(),
+                    Some(f) => {
+                        return Err(self.error(
+                            Some(f.span()),
+                            format!("unknown disk format {:?}", f.get_ref()),
+                            "use format = \"raw\" or \"qcow2\"",
+                        ))
+                    }
+                };
+                disks.push(DiskConfig { path: self.resolve(d.path.get_ref()), format, readonly: d.readonly });
+            }
+            let cmdline = p.cmdline.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+            if cmdline.chars().any(char::is_control) {
+                return Err(self.error(
+                    p.cmdline.as_ref().map(|c| c.span()),
+                    format!("partition {pname:?}: cmdline contains a control character"),
+                    "write the kernel command line on one line without tabs or escapes",
+                ));
+            }
+            partitions.push(PartitionConfig {
+                name: pname,
+                memory_mib,
+                vcpus,
+                image: self.resolve(p.image.get_ref()),
+                cmdline,
+                nics,
+                disks,
+                role: p.role.unwrap_or(Role::Client),
+            });
+        }
+
+        let auth = raw.authorizations.unwrap_or_default();
+        let known = |s: &Spanned<String>, what: &str| -> Result<String, ConfigError> {
+            if names.contains_key(s.get_ref()) {
+                Ok(s.get_ref().clone())
+            } else {
+                let list: Vec<&str> = names.keys().map(String::as_str).collect();
+                Err(self.error(
+                    Some(s.span()),
+                    format!("{what} {:?} is not a partition of this system", s.get_ref()),
+                    format!("use one of: {}", list.join(", ")),
+                ))
+            }
+        };
+        let mut sharing = BTreeSet::new();
+        for share in &auth.share {
+            let s = share.get_ref();
+            let from = known(&s.from, "share.from")?;
+            if s.to.is_empty() {
+                return Err(self.error(
+                    Some(share.span()),
+                    format!("share from {from:?} lists no partition in `to`"),
+                    "list at least one partition in to = [...], or remove the entry",
+                ));
+            }
+            for to in &s.to {
+                let to_name = known(to, "share.to")?;
+                if to_name == from {
+                    return Err(self.error(
+                        Some(to.span()),
+                        format!("{from:?} cannot share with itself"),
+                        "remove it from `to`",
+                    ));
+                }
+                if to_name == owner.name {
+                    return Err(self.error(
+                        Some(to.span()),
+                        format!("the owner {to_name:?} cannot be a client"),
+                        "only partitions receive grants; remove the owner from `to`",
+                    ));
+                }
+                sharing.insert((from.clone(), to_name));
+            }
+        }
+        let mut commands = Vec::new();
+        for c in &auth.commands {
+            let cr = c.get_ref();
+            let partition = known(&cr.partition, "commands.partition")?;
+            if partition == owner.name {
+                return Err(self.error(
+                    Some(cr.partition.span()),
+                    "the owner needs no command authorization",
+                    "name a partition here; the owner may always issue every command",
+                ));
+            }
+            if cr.allow.is_empty() {
+                return Err(self.error(
+                    Some(c.span()),
+                    format!("commands for {partition:?} allow nothing"),
+                    "list commands in allow = [\"deact\", \"act\", \"add_pci\", \"rem_pci\"], or remove the entry",
+                ));
+            }
+            let targets = match &cr.targets {
+                None => None,
+                Some(ts) => {
+                    let mut set = BTreeSet::new();
+                    for t in ts {
+                        let t = known(t, "commands.targets")?;
+                        if t == owner.name {
+                            return Err(self.error(
+                                Some(cr.partition.span()),
+                                "the owner cannot be the target of a partition command",
+                                "list only partitions in targets",
+                            ));
+                        }
+                        set.insert(t);
+                    }
+                    Some(set)
+                }
+            };
+            commands.push(CommandAuthorization { partition, commands: cr.allow.iter().copied().collect(), targets });
+        }
+
+        Ok(SystemConfig {
+            path: self.file.to_path_buf(),
+            name,
+            state_dir,
+            grace_ms,
+            accel,
+            owner,
+            partitions,
+            sharing,
+            commands,
+        })
+    }
+
+    /// A region size: an integer (bytes) or a string with a binary suffix
+    /// ("64KiB", "1MiB", "2GiB" is too large).
+    fn size(&self, v: &Spanned<toml::Value>) -> Result<u64, ConfigError> {
+        let bad = |msg: String| {
+            self.error(
+                Some(v.span()),
+                msg,
+                format!(
+                    "write the size in bytes (a multiple of {REGION_ALIGN}) or with a suffix, e.g. size = \"64KiB\" or \"1MiB\" (at most 1GiB)"
+                ),
+            )
+        };
+        let bytes = match v.get_ref() {
+            toml::Value::Integer(i) if *i > 0 => *i as u64,
+            toml::Value::Integer(i) => return Err(bad(format!("region size {i} is not positive"))),
+            toml::Value::String(s) => parse_size(s).ok_or_else(|| bad(format!("cannot read region size {s:?}")))?,
+            other => return Err(bad(format!("region size must be a number or a string, not a {}", other.type_str()))),
+        };
+        if bytes == 0 || bytes % REGION_ALIGN != 0 {
+            return Err(bad(format!("region size {bytes} is not a non-zero multiple of {REGION_ALIGN}")));
+        }
+        if bytes > MAX_REGION_BYTES {
+            return Err(bad(format!("region size {bytes} is above the 1 GiB limit")));
+        }
+        Ok(bytes)
+    }
+}
+
+/// "4096", "64KiB", "64K", "1MiB", "1M", "1GiB", "1G" → bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+        && parts.iter().any(|p| *p != "00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[system]
+name = "two-lpars"
+state_dir = "state"
+grace_ms = 3000
+
+[owner]
+name = "hv"
+memory = [
+  { name = "shm0", size = "64KiB" },
+  { name = "shm1", size = 8192 },
+]
+
+[[partition]]
+name = "lpar1"
+memory_mib = 64
+vcpus = 2
+image = "../target/release/lparos"
+cmdline = "ip=10.0.0.2/24"
+role = "active"
+nics = [ { lan = "lan0", mac = "52:54:00:00:00:01" } ]
+disks = [ { path = "/tmp/d1.img" } ]
+
+[[partition]]
+name = "lpar2"
+memory_mib = 64
+image = "/k"
+role = "standby"
+
+[authorizations]
+share = [ { from = "hv", to = ["lpar1", "lpar2"] }, { from = "lpar1", to = ["lpar2"] } ]
+commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci"], targets = ["lpar1"] } ]
+"#;
+
+    fn parse(text: &str) -> Result<SystemConfig, ConfigError> {
+        SystemConfig::parse(text, Path::new("/etc/lparhv/test.toml"))
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be rejected")
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.name, "two-lpars");
+        assert_eq!(c.state_dir, Path::new("/etc/lparhv/state"));
+        assert_eq!(c.grace_ms, 3000);
+        assert_eq!(c.owner.name, "hv");
+        assert_eq!(c.owner.memory[0], MemoryRegionConfig { name: "shm0".into(), size: 65536 });
+        assert_eq!(c.owner.memory[1].size, 8192);
+        assert_eq!(c.partitions.len(), 2);
+        let p1 = c.partition("lpar1").unwrap();
+        assert_eq!(p1.vcpus, 2);
+        assert_eq!(p1.role, Role::Active);
+        assert_eq!(p1.image, Path::new("/etc/lparhv/../target/release/lparos"));
+        assert_eq!(p1.disks[0].format, "raw");
+        assert_eq!(c.partition("lpar2").unwrap().vcpus, 1);
+        assert!(c.sharing.contains(&("hv".into(), "lpar2".into())));
+        assert!(c.sharing.contains(&("lpar1".into(), "lpar2".into())));
+        assert!(!c.sharing.contains(&("lpar2".into(), "lpar1".into())));
+        assert!(c.may_issue("lpar2", PartitionCommand::Deact, "lpar1"));
+        assert!(!c.may_issue("lpar1", PartitionCommand::Deact, "lpar2"));
+        assert!(!c.may_issue("lpar2", PartitionCommand::Deact, "lpar2"));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[system]\nname = \"m\"\nstate_dir = \"/s\"\n").unwrap();
+        assert_eq!(c.grace_ms, MIN_GRACE_MS);
+        assert_eq!(c.owner.name, DEFAULT_OWNER_NAME);
+        assert_eq!(c.accel, "auto");
+        assert!(c.partitions.is_empty());
+    }
+
+    #[test]
+    fn example_in_images_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/two-lpars.toml");
+        let c = SystemConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.partitions.len(), 2);
+        assert!(!c.owner.memory.is_empty());
+    }
+
+    #[test]
+    fn short_grace_names_line_and_fix() {
+        let text = GOOD.replace("grace_ms = 3000", "grace_ms = 1500");
+        let e = err(&text);
+        assert_eq!(e.line, Some(line_of(&text, "grace_ms")));
+        assert!(e.message.contains("2 s minimum"), "{e}");
+        assert!(e.fix.contains("2000"), "{e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with(&format!("/etc/lparhv/test.toml:{}:", e.line.unwrap())), "{shown}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let text = GOOD.replace("vcpus = 2", "vcpus = = 2");
+        let e = err(&text);
+        assert_eq!(e.line, Some(line_of(&text, "vcpus = = 2")));
+        assert!(!e.fix.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line() {
+        let text = GOOD.replace("vcpus = 2", "vcpu = 2");
+        let e = err(&text);
+        assert_eq!(e.line, Some(line_of(&text, "vcpu = 2")));
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_says_what_to_add() {
+        let text = GOOD.replace("memory_mib = 64\nvcpus = 2", "vcpus = 2");
+        let e = err(&text);
+        assert!(e.message.contains("memory_mib"), "{e}");
+        assert!(e.fix.contains("memory_mib"), "{e}");
+        assert!(e.line.is_some());
+    }
+
+    #[test]
+    fn unknown_partition_in_share_lists_choices() {
+        let text = GOOD.replace("{ from = \"lpar1\", to = [\"lpar2\"] }", "{ from = \"lpar1\", to = [\"lpar9\"] }");
+        let e = err(&text);
+        assert_eq!(e.line, Some(line_of(&text, "lpar9")));
+        assert!(e.message.contains("lpar9"));
+        assert!(e.fix.contains("lpar1") && e.fix.contains("lpar2") && e.fix.contains("hv"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("name = \"lpar2\"", "name = \"lpar1\"", "already used"),
+            ("name = \"lpar2\"", "name = \"hv\"", "owner"),
+            ("name = \"lpar2\"", "name = \"bad name!\"", "not a valid name"),
+            ("memory_mib = 64\nvcpus", "memory_mib = 4\nvcpus", "out of range"),
+            ("vcpus = 2", "vcpus = 0", "out of range"),
+            ("52:54:00:00:00:01", "53:54:00:00:00:01", "MAC"),
+            ("size = 8192", "size = 1000", "multiple"),
+            ("size = \"64KiB\"", "size = \"64 parsecs\"", "cannot read"),
+            ("size = \"64KiB\"", "size = \"2GiB\"", "1 GiB"),
+            ("name = \"shm1\"", "name = \"shm0\"", "twice"),
+            ("role = \"standby\"", "role = \"boss\"", "unknown variant"),
+            ("\"add_pci\", \"rem_pci\"", "\"add_pci\", \"reboot\"", "unknown variant"),
+            ("to = [\"lpar2\"] }", "to = [\"lpar1\"] }", "itself"),
+            ("{ from = \"hv\", to = [\"lpar1\", \"lpar2\"] }", "{ from = \"lpar1\", to = [\"hv\"] }", "cannot be a client"),
+            ("state_dir = \"state\"", "state_dir = \"\"", "state_dir"),
+            ("grace_ms = 3000", "grace_ms = 99999999", "maximum"),
+            ("grace_ms = 3000", "grace_ms = 3000\naccel = \"xen\"", "accelerator"),
+            ("disks = [ { path = \"/tmp/d1.img\" } ]", "disks = [ { path = \"/tmp/d1.img\", format = \"vmdk\" } ]", "format"),
+        ];
+        for (from, to, want) in cases {
+            assert!(GOOD.contains(from), "test case {from:?} does not apply");
+            let text = GOOD.replacen(from, to, 1);
+            let e = err(&text);
+            assert!(e.message.contains(want), "{from:?} -> {to:?}: got {e}");
+            assert!(e.line.is_some(), "{from:?} -> {to:?}: no line in {e}");
+            assert!(!e.fix.is_empty(), "{from:?} -> {to:?}: no fix in {e}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = SystemConfig::load("/nonexistent/lparhv.toml").unwrap_err();
+        assert!(e.message.contains("cannot read"));
+        assert_eq!(e.line, None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+    }
+}

@@ -1,0 +1,258 @@
+//! The daemon `lparhv up` runs: the system state, the hypercall channel
+//! server, the control socket, the owner-failure timer and (optionally) the
+//! partitions' QEMU processes with their supervisor. Tests use it without
+//! QEMU.
+
+use super::control::ControlServer;
+use super::server::{lock, HcallServer};
+use super::system::{control_socket_path, hcall_socket_path, now_ms, Runtime, Shared, System};
+use crate::config::SystemConfig;
+use crate::owner::{CookieSource, PartitionId};
+use crate::qemu::{Accel, Guest, GuestExit, GuestSpec};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+/// Name of the guest's virtio-console port that carries the channel.
+pub const HCALL_PORT_NAME: &str = "lparos.hcall";
+/// QEMU chardev id of the channel.
+pub const HCALL_CHARDEV_ID: &str = "hc";
+
+/// The QEMU arguments that connect a partition's virtio-console port
+/// `lparos.hcall` to its channel socket. QEMU is the client and reconnects
+/// every second when lparhv restarts.
+pub fn hcall_qemu_args(socket: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id={HCALL_CHARDEV_ID},path={},reconnect=1", socket.display()),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-device".into(),
+        format!("virtconsole,chardev={HCALL_CHARDEV_ID},name={HCALL_PORT_NAME}"),
+    ]
+}
+
+/// Where a partition's QMP socket is.
+pub fn qmp_socket_path(state_dir: &Path, partition: &str) -> PathBuf {
+    state_dir.join("qmp").join(format!("{partition}.sock"))
+}
+
+/// The full QEMU spec of a configured partition.
+pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<GuestSpec> {
+    let p = config.partition(name)?;
+    let mut spec = GuestSpec::new(&p.name, &p.image, accel);
+    spec.memory_mib = p.memory_mib;
+    spec.cmdline = p.cmdline.clone();
+    for d in &p.disks {
+        // GuestSpec's disk format is static; the config only allows these.
+        let format = if d.format == "qcow2" { "qcow2" } else { "raw" };
+        spec.disks.push(crate::qemu::Disk { path: d.path.clone(), format });
+    }
+    for (i, n) in p.nics.iter().enumerate() {
+        let lan_dir = config.state_dir.join("lan");
+        spec.nics.push(crate::qemu::Nic {
+            mac: n.mac.clone(),
+            local: lan_dir.join(format!("{}-{i}.sock", p.name)),
+            remote: lan_dir.join(format!("{}.sock", n.lan)),
+        });
+    }
+    // GuestSpec says -smp 1; a later -smp wins in QEMU.
+    spec.extra.extend(["-smp".into(), p.vcpus.to_string()]);
+    let qmp = qmp_socket_path(&config.state_dir, &p.name);
+    spec.extra.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", qmp.display())]);
+    spec.extra.extend(hcall_qemu_args(&hcall_socket_path(&config.state_dir, &p.name)));
+    Some(spec)
+}
+
+/// A running daemon.
+pub struct Daemon {
+    system: Shared,
+    hcall: HcallServer,
+    control: ControlServer,
+    recovery: JoinHandle<()>,
+    shutdown: Arc<Notify>,
+    supervisor: Option<Supervisor>,
+    control_path: PathBuf,
+}
+
+impl Daemon {
+    /// Opens the state, creates every channel socket and the control socket
+    /// and starts serving. QEMU is not started (see [`Daemon::start_partitions`]).
+    pub async fn start(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<Daemon> {
+        let system = System::open(config, cookies)?;
+        let system: Shared = Arc::new(Mutex::new(system));
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&system).set_recovery_sender(tx);
+        let recovery = tokio::spawn(recovery_timer(system.clone(), rx));
+        let hcall = HcallServer::start(&system)?;
+        let shutdown = Arc::new(Notify::new());
+        let control_path = control_socket_path(&config.state_dir);
+        let control = ControlServer::start(&system, &control_path, shutdown.clone())?;
+        info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
+        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, control_path })
+    }
+
+    pub fn system(&self) -> &Shared {
+        &self.system
+    }
+
+    pub fn control_socket(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// Resolves when a `down` request arrived.
+    pub async fn down_requested(&self) {
+        self.shutdown.notified().await
+    }
+
+    /// Starts every partition's QEMU (the channel sockets exist already)
+    /// and a supervisor that notices exits.
+    pub fn start_partitions(&mut self, accel: Accel, echo_console: bool) -> Result<()> {
+        let config = lock(&self.system).config().clone();
+        std::fs::create_dir_all(config.state_dir.join("qmp"))?;
+        std::fs::create_dir_all(config.state_dir.join("lan"))?;
+        let mut guests = Vec::new();
+        for p in &config.partitions {
+            let id = lock(&self.system).partition_id(&p.name).context("partition not registered")?;
+            let spec = guest_spec(&config, &p.name, accel).context("partition vanished from the config")?;
+            match Guest::spawn(&spec, echo_console) {
+                Ok(guest) => {
+                    info!(partition = %p.name, pid = guest.pid(), accel = %accel, "partition started");
+                    lock(&self.system).set_runtime(id, Runtime::Running { pid: guest.pid() });
+                    guests.push((id, guest));
+                }
+                Err(e) => {
+                    error!(partition = %p.name, "cannot start: {e:#}");
+                    lock(&self.system).set_runtime(id, Runtime::FailedToStart { error: format!("{e:#}") });
+                }
+            }
+        }
+        self.supervisor = Some(Supervisor::start(self.system.clone(), guests));
+        Ok(())
+    }
+
+    /// Kills every QEMU, stops serving, removes the sockets and closes the
+    /// database. Returns when nothing of the daemon is left running.
+    pub async fn stop(self) {
+        if let Some(s) = self.supervisor {
+            s.stop();
+        }
+        self.hcall.stop().await;
+        self.control.stop().await;
+        self.recovery.abort();
+        let _ = self.recovery.await;
+        // Connection tasks hold the system; wait until they let go, so the
+        // database file is closed when this returns.
+        for _ in 0..500 {
+            if Arc::strong_count(&self.system) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if Arc::strong_count(&self.system) != 1 {
+            warn!("daemon state still referenced after stop");
+        }
+        info!("lparhv daemon stopped");
+    }
+}
+
+/// Finishes each owner-failure recovery at its deadline.
+async fn recovery_timer(system: Shared, mut rx: mpsc::UnboundedReceiver<(PartitionId, crate::owner::Millis)>) {
+    while let Some((id, deadline)) = rx.recv().await {
+        let system = system.clone();
+        tokio::spawn(async move {
+            let wait = deadline.0.saturating_sub(now_ms().0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if let Err(e) = lock(&system).finish_owner_recovery(id) {
+                warn!(partition = %id, "finishing owner recovery: {e}");
+            }
+        });
+    }
+}
+
+/// Watches the QEMU processes from a thread (Guest is blocking). An exit is
+/// logged and handled as a partition failure; lparhv does not restart it.
+struct Supervisor {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    fn start(system: Shared, mut guests: Vec<(PartitionId, Guest)>) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lparhv-supervisor".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    guests.retain_mut(|(id, guest)| {
+                        if guest.is_running() {
+                            return true;
+                        }
+                        let exit = guest.wait_exit(Duration::from_secs(1));
+                        let how = match &exit {
+                            Ok(GuestExit::Code(0)) | Ok(GuestExit::PoweredOff) => format!("{:?}", exit.as_ref().ok()),
+                            Ok(other) => format!("crashed: {other:?}"),
+                            Err(e) => format!("lost: {e:#}"),
+                        };
+                        let stderr = guest.stderr();
+                        warn!(partition = %guest.name, how, stderr, "partition exited");
+                        let mut sys = lock(&system);
+                        sys.set_runtime(*id, Runtime::Exited { how });
+                        if let Err(e) = sys.fail_partition(*id) {
+                            warn!(partition = %guest.name, "failure handling: {e}");
+                        }
+                        false
+                    });
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                for (_, mut guest) in guests {
+                    guest.kill();
+                    info!(partition = %guest.name, "partition killed");
+                }
+            })
+            .ok();
+        Supervisor { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_arguments() {
+        let a = hcall_qemu_args(Path::new("/s/hcall/lpar1.sock")).join(" ");
+        assert_eq!(
+            a,
+            "-chardev socket,id=hc,path=/s/hcall/lpar1.sock,reconnect=1 -device virtio-serial-pci \
+             -device virtconsole,chardev=hc,name=lparos.hcall"
+        );
+    }
+
+    #[test]
+    fn spec_from_config() {
+        let text = "[system]\nname = \"s\"\nstate_dir = \"/st\"\n[[partition]]\nname = \"p1\"\nmemory_mib = 128\nvcpus = 2\nimage = \"/k\"\ncmdline = \"a b\"\nnics = [ { lan = \"lan0\", mac = \"52:54:00:00:00:07\" } ]\n";
+        let c = SystemConfig::parse(text, Path::new("/c.toml")).unwrap();
+        let spec = guest_spec(&c, "p1", Accel::Tcg).unwrap();
+        let args = spec.args().join(" ");
+        assert!(args.contains("-m 128M"), "{args}");
+        assert!(args.contains("-smp 2"), "{args}");
+        assert!(args.contains("-qmp unix:/st/qmp/p1.sock,server=on,wait=off"), "{args}");
+        assert!(args.contains("path=/st/hcall/p1.sock,reconnect=1"), "{args}");
+        assert!(args.contains("remote.path=/st/lan/lan0.sock"), "{args}");
+        assert!(guest_spec(&c, "nope", Accel::Tcg).is_none());
+    }
+}

@@ -1,0 +1,359 @@
+//! The hypercall channel server: one listening unix socket per partition
+//! (`<state_dir>/hcall/<partition>.sock`), to which QEMU connects as a client
+//! chardev (`reconnect=1`) backing the guest's virtio-console port
+//! `lparos.hcall`. The socket identifies the partition; nothing the guest
+//! sends can make it another partition.
+//!
+//! Per connection: lparhv first writes the sync preamble (8216 zero bytes),
+//! then a reader feeds the bytes into a `hypercall-abi` [`Decoder`] and
+//! answers each request; a writer task sends responses and pushed events in
+//! the order they were queued. One connection per partition: a new one
+//! (QEMU reconnecting) replaces the old, whose task is stopped.
+//!
+//! Malformed input never ends the connection: broken frames are skipped by
+//! the decoder (and answered with H_PARAMETER when their header could be
+//! trusted), undecodable requests get H_PARAMETER / H_FUNCTION /
+//! H_UNSUPPORTED, frames of the wrong kind are dropped and logged. No
+//! input can make the server panic or touch another partition's state.
+
+use super::system::{Shared, System};
+use crate::config::PartitionCommand;
+use crate::owner::PartitionId;
+use anyhow::{bail, Context, Result};
+use hypercall_abi::{
+    Decoder, FrameError, FrameRef, GrantList, HelloReply, Message, Opcode, Request, Response, ReturnCode,
+    MAX_FRAME, MAX_PAYLOAD, SYNC_PREAMBLE_LEN,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+/// Frames queued for one connection's writer. A guest that stops reading
+/// first loses pushed events (logged), then stalls its own requests.
+pub const OUT_QUEUE: usize = 256;
+/// Malformed-input reports logged at warn level per connection; the rest
+/// are counted and logged at debug.
+const LOUD_ERRORS: u64 = 16;
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Binds a listening socket, replacing a stale socket file (from a killed
+/// lparhv) but never a file that is not a socket.
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is {} bytes, above the {MAX_SOCKET_PATH}-byte limit of unix sockets: use a shorter state_dir",
+            path.display(),
+            path.as_os_str().len()
+        );
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        } else {
+            bail!("{} exists and is not a socket: remove it or use another state_dir", path.display());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
+}
+
+/// The running channel server of every partition.
+pub struct HcallServer {
+    listeners: Vec<(PathBuf, JoinHandle<()>)>,
+}
+
+impl HcallServer {
+    /// Creates every partition's listening socket (so QEMU can be started
+    /// after this returns) and starts serving. Must run inside a tokio
+    /// runtime.
+    pub fn start(system: &Shared) -> Result<HcallServer> {
+        let sockets = lock(system).channel_sockets();
+        let mut listeners = Vec::new();
+        for (id, name, path) in sockets {
+            let listener = bind_socket(&path)?;
+            info!(partition = %name, socket = %path.display(), "hypercall channel listening");
+            let task = tokio::spawn(accept_loop(system.clone(), id, name, listener));
+            listeners.push((path, task));
+        }
+        Ok(HcallServer { listeners })
+    }
+
+    /// Stops accepting, ends every connection and removes the sockets.
+    /// Returns when the tasks are gone.
+    pub async fn stop(self) {
+        for (path, task) in self.listeners {
+            task.abort();
+            let _ = task.await;
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Locks the system, recovering from a poisoned lock: every operation
+/// leaves the table consistent before anything can panic (the owner model
+/// changes nothing on error), so the data is still good.
+pub fn lock(system: &Shared) -> std::sync::MutexGuard<'_, System> {
+    system.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn accept_loop(system: Shared, id: PartitionId, name: String, listener: UnixListener) {
+    // Dropping the set (when this task is aborted) aborts the connections.
+    let mut connections: JoinSet<()> = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // One connection per partition: the newest wins.
+                    connections.abort_all();
+                    let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+                    lock(&system).connection_opened(id, conn_id);
+                    info!(partition = %name, conn_id, "channel connected");
+                    connections.spawn(connection(system.clone(), id, name.clone(), conn_id, stream));
+                }
+                Err(e) => {
+                    warn!(partition = %name, "accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Per-connection state.
+struct Conn {
+    id: PartitionId,
+    name: String,
+    conn_id: u64,
+    /// The negotiated version once HELLO succeeded.
+    version: Option<u8>,
+    tx: mpsc::Sender<Vec<u8>>,
+    errors: u64,
+    requests: u64,
+}
+
+impl Conn {
+    fn reply_version(&self) -> u8 {
+        self.version.unwrap_or(hypercall_abi::HELLO_FRAME_VERSION)
+    }
+
+    fn malformed(&mut self, what: std::fmt::Arguments<'_>) {
+        self.errors += 1;
+        if self.errors <= LOUD_ERRORS {
+            warn!(partition = %self.name, conn_id = self.conn_id, errors = self.errors, "malformed input: {what}");
+        } else {
+            debug!(partition = %self.name, conn_id = self.conn_id, errors = self.errors, "malformed input: {what}");
+        }
+    }
+}
+
+async fn connection(system: Shared, id: PartitionId, name: String, conn_id: u64, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let writer_name = name.clone();
+    let writer = tokio::spawn(async move {
+        // Flush whatever half frame the guest's decoder may hold (§3).
+        if let Err(e) = wr.write_all(&[0u8; SYNC_PREAMBLE_LEN]).await {
+            debug!(partition = %writer_name, "writing the sync preamble: {e}");
+            return;
+        }
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = wr.write_all(&frame).await {
+                debug!(partition = %writer_name, "write failed: {e}");
+                return;
+            }
+        }
+    });
+    let mut conn = Conn { id, name: name.clone(), conn_id, version: None, tx: tx.clone(), errors: 0, requests: 0 };
+    let mut decoder = Box::new(Decoder::new());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                debug!(partition = %name, "read failed: {e}");
+                break;
+            }
+        };
+        let mut replies: Vec<Vec<u8>> = Vec::new();
+        decoder.push(&buf[..n], |item| {
+            if let Some(reply) = handle_item(&system, &mut conn, item) {
+                replies.push(reply);
+            }
+        });
+        for reply in replies {
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+        }
+        if writer.is_finished() {
+            break;
+        }
+    }
+    info!(partition = %name, conn_id, requests = conn.requests, errors = conn.errors, "channel closed");
+    lock(&system).connection_closed(id, conn_id);
+    drop(conn);
+    drop(tx);
+    // Let queued frames go out, but do not wait for a stuck peer.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), writer).await;
+}
+
+/// Encodes a response; a response that cannot be encoded (a bug, not
+/// input) becomes H_HARDWARE so the guest still gets its answer.
+fn encode_response(version: u8, request_id: u32, response: &Response<'_>) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; MAX_FRAME];
+    match response.encode(version, request_id, &mut out) {
+        Ok(n) => {
+            out.truncate(n);
+            Some(out)
+        }
+        Err(e) => {
+            warn!(request_id, "cannot encode response {response:?}: {e}");
+            let fallback = Response::failed(response.opcode(), ReturnCode::Hardware);
+            let n = fallback.encode(version, request_id, &mut out).ok()?;
+            out.truncate(n);
+            Some(out)
+        }
+    }
+}
+
+fn handle_item(system: &Shared, conn: &mut Conn, item: Result<FrameRef<'_>, FrameError>) -> Option<Vec<u8>> {
+    let frame = match item {
+        Ok(frame) => frame,
+        Err(e) => {
+            conn.malformed(format_args!("{e}"));
+            let (request_id, opcode) = e.reply_target()?;
+            return encode_response(conn.reply_version(), request_id, &Response::failed(opcode, ReturnCode::Parameter));
+        }
+    };
+    match Message::decode(&frame) {
+        Err(e) => {
+            conn.malformed(format_args!("{e}"));
+            let (request_id, response) = e.error_reply()?;
+            // A HELLO at a version we do not speak is refused with our range.
+            let response = if response.opcode() == Opcode::Hello as u16 && e.reply_code() == ReturnCode::Unsupported {
+                Response::HelloRefused { host_min: hypercall_abi::MIN_ABI_VERSION, host_max: hypercall_abi::ABI_VERSION }
+            } else {
+                response
+            };
+            encode_response(conn.reply_version(), request_id, &response)
+        }
+        Ok(Message::Request { id, request }) => {
+            conn.requests += 1;
+            let opcode = request.opcode() as u16;
+            if conn.version.is_some_and(|v| v != frame.header.version) && request.opcode() != Opcode::Hello {
+                return encode_response(conn.reply_version(), id, &Response::failed(opcode, ReturnCode::Unsupported));
+            }
+            dispatch(system, conn, id, request)
+        }
+        Ok(other) => {
+            conn.malformed(format_args!("guest sent a {} frame; dropped", kind_name(&other)));
+            None
+        }
+    }
+}
+
+fn kind_name(m: &Message<'_>) -> &'static str {
+    match m {
+        Message::Request { .. } => "request",
+        Message::Response { .. } => "response",
+        Message::Event(_) => "event",
+    }
+}
+
+fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) -> Option<Vec<u8>> {
+    let opcode = request.opcode() as u16;
+    let fail = |code: ReturnCode| Response::failed(opcode, code);
+    if let Request::Hello(hello) = request {
+        let mut sys = lock(system);
+        let response = match sys.hello(conn.id, conn.conn_id, &hello, conn.tx.clone()) {
+            Ok(version) => {
+                conn.version = Some(version);
+                Response::Hello(HelloReply { version, max_payload: MAX_PAYLOAD as u32, host_session: sys.host_session() })
+            }
+            Err(ReturnCode::Unsupported) => {
+                conn.version = None;
+                Response::HelloRefused { host_min: hypercall_abi::MIN_ABI_VERSION, host_max: hypercall_abi::ABI_VERSION }
+            }
+            Err(code) => fail(code),
+        };
+        drop(sys);
+        return encode_response(hypercall_abi::HELLO_FRAME_VERSION, rid, &response);
+    }
+    let Some(version) = conn.version else {
+        debug!(partition = %conn.name, opcode, "request before HELLO");
+        return encode_response(hypercall_abi::HELLO_FRAME_VERSION, rid, &fail(ReturnCode::State));
+    };
+    // Everything below runs under the one lock, check and action together.
+    let mut sys = lock(system);
+    let id = conn.id;
+    let copy_buf;
+    let grants;
+    let response = match request {
+        Request::Hello(_) => unreachable_hello(opcode),
+        Request::Echo(data) => Response::Echo(data),
+        Request::AcceptLogical { cookie, laddr } => match sys.accept(id, &cookie, laddr) {
+            Ok((laddr, length)) => Response::AcceptLogical { laddr, length },
+            Err(c) => fail(c),
+        },
+        Request::ReturnLogical { laddr } => match sys.return_logical(id, laddr) {
+            Ok(()) => Response::ReturnLogical,
+            Err(c) => fail(c),
+        },
+        Request::GrantLogical { laddr, length, to } => match sys.grant_logical(id, laddr, length, &to) {
+            Ok(cookie) => Response::GrantLogical { cookie },
+            Err(c) => fail(c),
+        },
+        Request::RescindLogical { cookie, force } => match sys.rescind_logical(id, &cookie, force) {
+            Ok(()) => Response::RescindLogical,
+            Err(c) => fail(c),
+        },
+        Request::CopyToLogical { laddr, data } => match sys.copy_to(id, laddr, data) {
+            Ok(()) => Response::CopyToLogical,
+            Err(c) => fail(c),
+        },
+        Request::CopyFromLogical { laddr, len } => match sys.copy_from(id, laddr, len) {
+            Ok(bytes) => {
+                copy_buf = bytes;
+                Response::CopyFromLogical(&copy_buf)
+            }
+            Err(c) => fail(c),
+        },
+        Request::QueryGrants { start } => match sys.query_grants(id, start) {
+            Ok((total, list)) => {
+                grants = list;
+                Response::QueryGrants { total, entries: GrantList::Slice(&grants) }
+            }
+            Err(c) => fail(c),
+        },
+        Request::Deact { partition } => fail(sys.partition_command(id, PartitionCommand::Deact, Some(&partition))),
+        Request::Act { partition } => fail(sys.partition_command(id, PartitionCommand::Act, Some(&partition))),
+        Request::AddPci { .. } => fail(sys.partition_command(id, PartitionCommand::AddPci, None)),
+        Request::RemPci { partition, .. } => {
+            fail(sys.partition_command(id, PartitionCommand::RemPci, Some(&partition)))
+        }
+        // Storage-server events and CPU shares come with later issues.
+        Request::RegisterEvents { .. } | Request::PauseComplete { .. } | Request::SetCpuShare { .. } => {
+            fail(ReturnCode::Function)
+        }
+    };
+    drop(sys);
+    encode_response(version, rid, &response)
+}
+
+fn unreachable_hello(opcode: u16) -> Response<'static> {
+    // HELLO is answered before the session check; keep the match total
+    // without a panic path.
+    Response::failed(opcode, ReturnCode::Hardware)
+}

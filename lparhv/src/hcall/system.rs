@@ -1,0 +1,1006 @@
+//! The state every hypercall and every owner command works on, behind ONE
+//! lock: the grant table with its durable store, the name/id registry, the
+//! memory-region files, the live channel sessions (for pushing events), the
+//! supervisor's view of each partition and the event log. Every operation is
+//! one method call under that lock, so a translate and the copy it permits
+//! can never be separated by a rescind (no check-then-act window).
+
+use super::codes::{return_code, store_code};
+use super::memory::{MemoryRegions, Region};
+use crate::config::SystemConfig;
+use crate::owner::{
+    CookieSource, Cookie, GrantRequest, GrantSource, MappingState, Millis, OwnerStore, OwnerTable, PartitionId,
+    PartitionRef, Placement, Reason, RescindMode, ResourceId, ResourceKind, StoreError, TableConfig, TornDown,
+};
+use crate::owner::{Access, ClientState, OwnerState};
+use anyhow::{anyhow, bail, Context, Result};
+use hypercall_abi::{Event, GrantInfo, GrantState, Hello, Name, ReturnCode};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// The lock every operation takes.
+pub type Shared = Arc<Mutex<System>>;
+
+/// How many events the log keeps.
+pub const EVENT_LOG_LEN: usize = 1000;
+
+/// Milliseconds since the Unix epoch: the clock of owner-failure deadlines.
+/// Wall time (not monotonic) because deadlines are persisted and must mean
+/// the same after an lparhv restart.
+pub fn now_ms() -> Millis {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Millis(d.as_millis() as u64)
+}
+
+// ----- cookies on the wire ---------------------------------------------------
+
+/// The 16-byte wire cookie: bytes 0..8 the owner table's random 64-bit
+/// cookie, 8..12 the client partition id, 12..16 the low 32 bits of the
+/// client's generation. The random half is the secret; the other half lets
+/// lparhv find the grant (and refuse a cookie of an old incarnation) without
+/// a search. Guests treat all 16 bytes as opaque.
+pub fn wire_cookie(cookie: Cookie, client: PartitionRef) -> hypercall_abi::Cookie {
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&cookie.0.to_le_bytes());
+    b[8..12].copy_from_slice(&client.id.0.to_le_bytes());
+    b[12..16].copy_from_slice(&(client.generation.0 as u32).to_le_bytes());
+    hypercall_abi::Cookie(b)
+}
+
+/// Splits a wire cookie into (cookie, client id, generation low bits).
+pub fn split_cookie(c: &hypercall_abi::Cookie) -> (Cookie, PartitionId, u32) {
+    let b = c.0;
+    let cookie = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let id = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    let generation = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
+    (Cookie(cookie), PartitionId(id), generation)
+}
+
+/// Parses the CLI form of a wire cookie (32 hex digits, as printed).
+pub fn parse_wire_cookie(s: &str) -> Option<hypercall_abi::Cookie> {
+    let s = s.trim().trim_start_matches("0x");
+    if s.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(s, 16).ok().map(hypercall_abi::Cookie::from_u128)
+}
+
+// ----- registry: stable ids for names ------------------------------------------
+
+/// Name → id maps and the last HELLO nonce of each partition, kept as JSON
+/// in `<state_dir>/registry.json` (written to a temporary file and renamed,
+/// so it is always whole). Ids are never reused for another name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    pub partitions: BTreeMap<String, u32>,
+    pub resources: BTreeMap<String, u32>,
+    pub nonces: BTreeMap<String, u64>,
+}
+
+impl Registry {
+    fn load(path: &Path) -> Result<Registry> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    fn id_for(map: &mut BTreeMap<String, u32>, name: &str) -> u32 {
+        if let Some(id) = map.get(name) {
+            return *id;
+        }
+        let next = map.values().max().map_or(1, |m| m + 1);
+        map.insert(name.to_string(), next);
+        next
+    }
+}
+
+// ----- views for the control socket and the CLI ----------------------------------
+
+/// One event in the log (also what `lparhv events` prints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub kind: String,
+    pub partition: Option<String>,
+    pub detail: String,
+}
+
+/// What the supervisor knows about a partition's QEMU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Runtime {
+    /// Not started by this lparhv (e.g. tests, or `up --no-start`).
+    NotStarted,
+    Running { pid: u32 },
+    Exited { how: String },
+    FailedToStart { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatusView {
+    pub name: String,
+    pub id: u32,
+    pub generation: u64,
+    pub role: String,
+    pub recovering: bool,
+    pub channel: String,
+    pub socket: PathBuf,
+    pub runtime: Runtime,
+    pub mappings: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub system: String,
+    pub state_dir: PathBuf,
+    pub owner: String,
+    pub host_session: u64,
+    pub grants: usize,
+    pub partitions: Vec<PartitionStatusView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    pub grant: u64,
+    /// The wire cookie, 32 hex digits, as `lparhv rescind` takes it.
+    pub cookie: String,
+    pub resource: String,
+    pub granter: String,
+    pub client: String,
+    pub offset: u64,
+    pub length: u64,
+    pub owner_state: String,
+    pub client_state: String,
+    pub laddr: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceView {
+    pub name: String,
+    pub id: u32,
+    pub kind: String,
+    pub size: u64,
+    pub file: PathBuf,
+    pub state: String,
+    pub grants: Vec<GrantView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescindView {
+    pub cookie: String,
+    pub force: bool,
+    /// Grants taken away, leaves first.
+    pub torn_down: Vec<String>,
+}
+
+/// A refused owner command: the wire code and a sentence for humans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpError {
+    pub code: ReturnCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code.name(), self.code.raw(), self.message)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+fn op_err(code: ReturnCode, message: impl Into<String>) -> OpError {
+    OpError { code, message: message.into() }
+}
+
+fn store_err(e: StoreError) -> OpError {
+    let message = match &e {
+        StoreError::Refused(hv) => format!("{:?}", hv.reason),
+        other => other.to_string(),
+    };
+    op_err(store_code(&e), message)
+}
+
+// ----- sessions -------------------------------------------------------------------
+
+/// A channel connection that finished HELLO: where to push its events.
+#[derive(Debug)]
+struct SessionLink {
+    conn_id: u64,
+    version: u8,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// A partition of the config, as the system knows it.
+#[derive(Clone, Debug)]
+struct PartitionInfo {
+    name: String,
+    role: String,
+    socket: PathBuf,
+}
+
+/// Owner-failure recoveries waiting for their deadline: the daemon's timer
+/// task receives them.
+pub type RecoveryTx = mpsc::UnboundedSender<(PartitionId, Millis)>;
+
+/// Everything behind the lock.
+pub struct System {
+    config: SystemConfig,
+    table: OwnerTable,
+    store: OwnerStore,
+    registry: Registry,
+    registry_path: PathBuf,
+    memory: MemoryRegions,
+    cookies: Box<dyn CookieSource + Send>,
+    owner: PartitionId,
+    partitions: BTreeMap<PartitionId, PartitionInfo>,
+    ids: HashMap<String, PartitionId>,
+    resource_ids: HashMap<String, ResourceId>,
+    sessions: HashMap<PartitionId, SessionLink>,
+    runtime: BTreeMap<PartitionId, Runtime>,
+    events: VecDeque<LogEntry>,
+    next_seq: u64,
+    host_session: u64,
+    recovery_tx: Option<RecoveryTx>,
+}
+
+/// Where a partition's hypercall socket is.
+pub fn hcall_socket_path(state_dir: &Path, partition: &str) -> PathBuf {
+    state_dir.join("hcall").join(format!("{partition}.sock"))
+}
+
+/// Where the control socket is.
+pub fn control_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+impl System {
+    /// Opens (or creates) the state directory of `config`, loads the
+    /// durable table and brings it in line with the config: partitions and
+    /// resources are registered, authorizations added and removed. Refuses
+    /// a state directory whose regions changed size under it.
+    pub fn open(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<System> {
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir.join("mem")).with_context(|| format!("creating state directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("hcall"))?;
+        let registry_path = dir.join("registry.json");
+        let mut registry = Registry::load(&registry_path)?;
+        let owner = PartitionId(Registry::id_for(&mut registry.partitions, &config.owner.name));
+        let mut ids = HashMap::new();
+        ids.insert(config.owner.name.clone(), owner);
+        let mut partitions = BTreeMap::new();
+        for p in &config.partitions {
+            let id = PartitionId(Registry::id_for(&mut registry.partitions, &p.name));
+            ids.insert(p.name.clone(), id);
+            partitions.insert(
+                id,
+                PartitionInfo {
+                    name: p.name.clone(),
+                    role: format!("{:?}", p.role).to_lowercase(),
+                    socket: hcall_socket_path(dir, &p.name),
+                },
+            );
+        }
+        let mut resource_ids = HashMap::new();
+        for r in &config.owner.memory {
+            resource_ids.insert(r.name.clone(), ResourceId(Registry::id_for(&mut registry.resources, &r.name)));
+        }
+        registry.save(&registry_path)?;
+
+        let table_config = TableConfig { grace_ms: config.grace_ms, ..TableConfig::default() };
+        let (store, mut table) = OwnerStore::open_or_init(dir.join("owner.redb"), table_config)
+            .map_err(|e| anyhow!("opening the owner database in {}: {e}", dir.display()))?;
+        if table.config().grace_ms != config.grace_ms {
+            warn!(
+                stored = table.config().grace_ms,
+                configured = config.grace_ms,
+                "the state directory keeps its owner-failure grace; the configured one is ignored"
+            );
+        }
+        let apply = |store: &OwnerStore, table: &mut OwnerTable, what: &str, op: &dyn Fn(&mut OwnerTable) -> Result<(), crate::owner::HvError>| {
+            store.apply(table, op).map_err(|e| anyhow!("{what}: {e}"))
+        };
+        for id in ids.values() {
+            if table.partition(*id).is_none() {
+                let id = *id;
+                apply(&store, &mut table, "registering a partition", &|t| t.register_partition(id).map(|_| ()))?;
+            }
+        }
+        let mut memory = MemoryRegions::default();
+        for r in &config.owner.memory {
+            let id = resource_ids[&r.name];
+            match table.resource(id) {
+                None => {
+                    let size = r.size;
+                    apply(&store, &mut table, "adding a resource", &|t| {
+                        t.add_resource(owner, id, ResourceKind::MemoryRegion, size)
+                    })?;
+                }
+                Some(existing) if existing.length != r.size || existing.owner != owner => bail!(
+                    "memory region {:?} has {} bytes in the state directory {} but {} in the config: \
+                     restore the old size or remove the state directory",
+                    r.name,
+                    existing.length,
+                    dir.display(),
+                    r.size
+                ),
+                Some(_) => {}
+            }
+            let region = Region::open(&dir.join("mem"), &r.name, r.size)
+                .with_context(|| format!("opening the file of memory region {:?}", r.name))?;
+            memory.insert(id, region);
+        }
+        let wanted: BTreeSet<(PartitionId, PartitionId)> =
+            config.sharing.iter().map(|(a, b)| (ids[a], ids[b])).collect();
+        let known: Vec<PartitionId> = table.partitions().map(|(id, _)| id).collect();
+        for a in &known {
+            for b in &known {
+                let (a, b) = (*a, *b);
+                if a != b && table.is_authorized(a, b) && !wanted.contains(&(a, b)) {
+                    apply(&store, &mut table, "removing an authorization", &|t| {
+                        t.disallow_sharing(a, b);
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        for (a, b) in &wanted {
+            if !table.is_authorized(*a, *b) {
+                let (a, b) = (*a, *b);
+                apply(&store, &mut table, "adding an authorization", &|t| t.allow_sharing(a, b))?;
+            }
+        }
+        let host_session = getrandom::u64().unwrap_or_else(|_| now_ms().0) | 1;
+        let runtime = partitions.keys().map(|id| (*id, Runtime::NotStarted)).collect();
+        let mut system = System {
+            config: config.clone(),
+            table,
+            store,
+            registry,
+            registry_path,
+            memory,
+            cookies,
+            owner,
+            partitions,
+            ids,
+            resource_ids,
+            sessions: HashMap::new(),
+            runtime,
+            events: VecDeque::new(),
+            next_seq: 1,
+            host_session,
+            recovery_tx: None,
+        };
+        system.log("start", None, format!("host session {host_session:#x}, table revision {}", system.table.revision()));
+        Ok(system)
+    }
+
+    pub fn config(&self) -> &SystemConfig {
+        &self.config
+    }
+
+    pub fn table(&self) -> &OwnerTable {
+        &self.table
+    }
+
+    pub fn host_session(&self) -> u64 {
+        self.host_session
+    }
+
+    pub fn partition_id(&self, name: &str) -> Option<PartitionId> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn partition_name(&self, id: PartitionId) -> String {
+        if id == self.owner {
+            return self.config.owner.name.clone();
+        }
+        self.partitions.get(&id).map_or_else(|| format!("{id}"), |p| p.name.clone())
+    }
+
+    /// The partitions of the config with their socket paths.
+    pub fn channel_sockets(&self) -> Vec<(PartitionId, String, PathBuf)> {
+        self.partitions.iter().map(|(id, p)| (*id, p.name.clone(), p.socket.clone())).collect()
+    }
+
+    /// Lets the daemon receive owner-failure deadlines, and hands it those
+    /// already pending in the stored table (after a restart).
+    pub fn set_recovery_sender(&mut self, tx: RecoveryTx) {
+        for (id, record) in self.table.partitions() {
+            if let crate::owner::PartitionStatus::OwnerRecovering { deadline, .. } = record.status {
+                let _ = tx.send((id, deadline));
+            }
+        }
+        self.recovery_tx = Some(tx);
+    }
+
+    pub fn set_runtime(&mut self, id: PartitionId, state: Runtime) {
+        let name = self.partition_name(id);
+        self.log("runtime", Some(&name), format!("{state:?}"));
+        self.runtime.insert(id, state);
+    }
+
+    // ----- event log and event push ------------------------------------------
+
+    fn log(&mut self, kind: &str, partition: Option<&str>, detail: String) {
+        let entry = LogEntry {
+            seq: self.next_seq,
+            time_ms: now_ms().0,
+            kind: kind.into(),
+            partition: partition.map(str::to_string),
+            detail,
+        };
+        self.next_seq += 1;
+        if self.events.len() == EVENT_LOG_LEN {
+            self.events.pop_front();
+        }
+        self.events.push_back(entry);
+    }
+
+    /// The last `limit` events, oldest first.
+    pub fn events(&self, limit: usize) -> Vec<LogEntry> {
+        let skip = self.events.len().saturating_sub(limit);
+        self.events.iter().skip(skip).cloned().collect()
+    }
+
+    /// Logs `event` and pushes it on `to`'s channel if it has a session. A
+    /// partition without a session (or with a full queue) misses the push;
+    /// it finds its grants with QUERY_GRANTS after its next HELLO.
+    fn push(&mut self, to: PartitionId, event: Event) {
+        let name = self.partition_name(to);
+        let delivered = match self.sessions.get(&to) {
+            Some(link) => {
+                let mut buf = vec![0u8; hypercall_abi::MAX_FRAME];
+                match event.encode(link.version, &mut buf) {
+                    Ok(n) => {
+                        buf.truncate(n);
+                        match link.tx.try_send(buf) {
+                            Ok(()) => "pushed",
+                            Err(mpsc::error::TrySendError::Full(_)) => "dropped: queue full",
+                            Err(mpsc::error::TrySendError::Closed(_)) => "dropped: connection closed",
+                        }
+                    }
+                    Err(e) => {
+                        warn!(?event, "cannot encode event: {e}");
+                        "dropped: cannot encode"
+                    }
+                }
+            }
+            None => "not pushed: no session",
+        };
+        self.log("event", Some(&name), format!("{} {event:?} ({delivered})", event.code().name()));
+    }
+
+    fn name_of(&self, id: PartitionId) -> Name {
+        // Names were validated by the config; an unknown id shows as "unknown".
+        Name::new(&self.partition_name(id)).unwrap_or_else(|_| Name::new("unknown").expect("valid name"))
+    }
+
+    /// RESCINDED for every grant taken away.
+    fn push_rescinds(&mut self, torn: &[TornDown], forced: bool) {
+        for td in torn {
+            let laddr = self.table.grant_record(td.grant).and_then(|g| g.logical_base);
+            let cookie = wire_cookie(td.cookie, td.client);
+            let client = td.client.id;
+            let text = format!(
+                "{} {} of {} ({:?} -> {:?})",
+                if forced { "forced rescind" } else { "rescind" },
+                td.grant,
+                self.partition_name(client),
+                td.client_state_before,
+                td.client_state_after
+            );
+            self.log("rescind", Some(&self.partition_name(client)), text);
+            self.push(client, Event::Rescinded { cookie, laddr, forced });
+        }
+    }
+
+    // ----- sessions -----------------------------------------------------------
+
+    /// A connection was accepted for `id`: any earlier session is over.
+    pub fn connection_opened(&mut self, id: PartitionId, conn_id: u64) {
+        self.sessions.remove(&id);
+        let name = self.partition_name(id);
+        self.log("channel", Some(&name), format!("connection {conn_id} opened"));
+    }
+
+    /// The connection ended; its session (if still current) ends with it.
+    pub fn connection_closed(&mut self, id: PartitionId, conn_id: u64) {
+        if self.sessions.get(&id).is_some_and(|s| s.conn_id == conn_id) {
+            self.sessions.remove(&id);
+        }
+        let name = self.partition_name(id);
+        self.log("channel", Some(&name), format!("connection {conn_id} closed"));
+    }
+
+    pub fn has_session(&self, id: PartitionId) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    /// HELLO (docs/abi.md §5). Returns the negotiated version, or the code
+    /// to refuse with.
+    pub fn hello(
+        &mut self,
+        id: PartitionId,
+        conn_id: u64,
+        hello: &Hello,
+        tx: mpsc::Sender<Vec<u8>>,
+    ) -> std::result::Result<u8, ReturnCode> {
+        let name = self.partition_name(id);
+        if let Some(claimed) = hello.name {
+            if claimed.as_str() != name {
+                warn!(partition = %name, claimed = %claimed, "HELLO names another partition");
+                self.log("hello", Some(&name), format!("refused: guest calls itself {claimed}"));
+                return Err(ReturnCode::Permission);
+            }
+        }
+        let Some(version) = hypercall_abi::negotiate(
+            hello.min_version,
+            hello.max_version,
+            hypercall_abi::MIN_ABI_VERSION,
+            hypercall_abi::ABI_VERSION,
+        ) else {
+            self.sessions.remove(&id);
+            self.log(
+                "hello",
+                Some(&name),
+                format!(
+                    "refused: guest speaks {}..={}, host {}..={}",
+                    hello.min_version,
+                    hello.max_version,
+                    hypercall_abi::MIN_ABI_VERSION,
+                    hypercall_abi::ABI_VERSION
+                ),
+            );
+            return Err(ReturnCode::Unsupported);
+        };
+        let previous = self.registry.nonces.get(&name).copied();
+        if previous != Some(hello.nonce) {
+            if let Some(old) = previous {
+                // A new boot of the guest: the hypervisor performs the
+                // returns of the old incarnation (client failure).
+                info!(partition = %name, old = format_args!("{old:#x}"), new = format_args!("{:#x}", hello.nonce), "guest rebooted");
+                self.log("reboot", Some(&name), format!("nonce {old:#x} -> {:#x}", hello.nonce));
+                if let Err(e) = self.fail_partition(id) {
+                    warn!(partition = %name, "failure handling after reboot: {e}");
+                }
+            }
+            self.registry.nonces.insert(name.clone(), hello.nonce);
+            if let Err(e) = self.registry.save(&self.registry_path) {
+                warn!("cannot save the registry: {e:#}");
+                return Err(ReturnCode::Hardware);
+            }
+        }
+        self.sessions.insert(id, SessionLink { conn_id, version, tx });
+        self.log("hello", Some(&name), format!("session at version {version}, connection {conn_id}"));
+        Ok(version)
+    }
+
+    // ----- partition failure ------------------------------------------------------
+
+    /// The partition died (QEMU exited) or rebooted. If it owns a resource
+    /// it granted and that grant still stands, this is an owner failure: its clients get
+    /// OWNER_FAILURE and the grace, and the daemon finishes recovery at the
+    /// deadline. Otherwise it is a client failure: the hypervisor performs
+    /// its returns at once, and what it sub-granted from resources it held
+    /// is torn down at once (the owner model's operation 6 for a failed
+    /// server of a sub-grant).
+    pub fn fail_partition(&mut self, id: PartitionId) -> std::result::Result<(), OpError> {
+        let Some(current) = self.table.current_ref(id) else {
+            return Err(op_err(ReturnCode::NotFound, "no such partition"));
+        };
+        let record = self.table.partition(id);
+        if record.is_some_and(|r| r.status != crate::owner::PartitionStatus::Active) {
+            return Ok(()); // already recovering
+        }
+        let name = self.partition_name(id);
+        let granted = self
+            .table
+            .grants()
+            .any(|g| g.granter == current && g.parent.is_none() && g.owner_state == OwnerState::Sharable);
+        if granted {
+            let now = now_ms();
+            let started =
+                self.store.apply(&mut self.table, |t| t.begin_owner_failure(current, now)).map_err(store_err)?;
+            self.log(
+                "owner-failure",
+                Some(&name),
+                format!("{} clients notified, deadline {}", started.notify.len(), started.deadline.0),
+            );
+            self.push_rescinds(&started.client_role.torn_down, true);
+            let grace = u32::try_from(self.table.config().grace_ms).unwrap_or(u32::MAX);
+            let owner_name = self.name_of(id);
+            let clients: BTreeSet<PartitionId> = started.notify.iter().map(|n| n.client.id).collect();
+            for c in clients {
+                self.push(c, Event::OwnerFailure { owner: owner_name, grace_ms: grace });
+            }
+            if let Some(tx) = &self.recovery_tx {
+                let _ = tx.send((id, started.deadline));
+            }
+        } else {
+            let out = self.store.apply(&mut self.table, |t| t.client_failure(current)).map_err(store_err)?;
+            self.log(
+                "client-failure",
+                Some(&name),
+                format!("returned {} grants, tore down {}, now {}", out.returned.len(), out.torn_down.len(), out.new_ref),
+            );
+            self.push_rescinds(&out.torn_down, true);
+        }
+        Ok(())
+    }
+
+    /// Second half of an owner failure, at its deadline.
+    pub fn finish_owner_recovery(&mut self, id: PartitionId) -> std::result::Result<(), OpError> {
+        let now = now_ms();
+        let out = self.store.apply(&mut self.table, |t| t.finish_owner_failure(id, now)).map_err(store_err)?;
+        let name = self.partition_name(id);
+        self.log("owner-recovered", Some(&name), format!("force-rescinded {} grants", out.torn_down.len()));
+        self.push_rescinds(&out.torn_down, true);
+        Ok(())
+    }
+
+    // ----- guest operations (all under the lock) -------------------------------------
+
+    fn caller(&self, id: PartitionId) -> std::result::Result<PartitionRef, ReturnCode> {
+        self.table.current_ref(id).ok_or(ReturnCode::NotFound)
+    }
+
+    /// The l2p entry that starts exactly at `laddr`: (cookie of its grant).
+    fn cookie_at(&self, caller: PartitionRef, laddr: u64) -> std::result::Result<Cookie, ReturnCode> {
+        let entry = self
+            .table
+            .partition(caller.id)
+            .and_then(|p| p.l2p.get(laddr))
+            .ok_or(ReturnCode::NotFound)?;
+        let grant = self.table.grant_record(entry.grant).ok_or(ReturnCode::NotFound)?;
+        Ok(grant.cookie)
+    }
+
+    pub fn accept(
+        &mut self,
+        id: PartitionId,
+        cookie: &hypercall_abi::Cookie,
+        laddr: Option<u64>,
+    ) -> std::result::Result<(u64, u64), ReturnCode> {
+        let caller = self.caller(id)?;
+        let (c, for_id, generation) = split_cookie(cookie);
+        if for_id != caller.id || generation != caller.generation.0 as u32 {
+            return Err(ReturnCode::NotFound);
+        }
+        let placement = laddr.map_or(Placement::Anywhere, Placement::At);
+        let out = self.store.apply(&mut self.table, |t| t.accept(caller, c, placement)).map_err(|e| store_code(&e))?;
+        let length = self
+            .table
+            .partition(id)
+            .and_then(|p| p.l2p.get(out.logical_base))
+            .map(|e| e.length)
+            .ok_or(ReturnCode::Hardware)?;
+        let name = self.partition_name(id);
+        self.log("accept", Some(&name), format!("cookie {cookie} at {:#x}, {length} bytes", out.logical_base));
+        Ok((out.logical_base, length))
+    }
+
+    pub fn return_logical(&mut self, id: PartitionId, laddr: u64) -> std::result::Result<(), ReturnCode> {
+        let caller = self.caller(id)?;
+        let cookie = self.cookie_at(caller, laddr)?;
+        let out = self.store.apply(&mut self.table, |t| t.return_grant(caller, cookie)).map_err(|e| store_code(&e))?;
+        let name = self.partition_name(id);
+        self.log("return", Some(&name), format!("{laddr:#x}: {out:?}"));
+        Ok(())
+    }
+
+    pub fn grant_logical(
+        &mut self,
+        id: PartitionId,
+        laddr: u64,
+        length: u64,
+        to: &Name,
+    ) -> std::result::Result<hypercall_abi::Cookie, ReturnCode> {
+        let caller = self.caller(id)?;
+        let to_id = self
+            .ids
+            .get(to.as_str())
+            .copied()
+            .filter(|t| *t != self.owner)
+            .ok_or(ReturnCode::NotFound)?;
+        // The accepted resource that holds `laddr`.
+        let record = self.table.partition(id).ok_or(ReturnCode::NotFound)?;
+        let (base, entry) = record
+            .l2p
+            .entries()
+            .find(|(base, e)| laddr >= *base && laddr - *base < e.length)
+            .ok_or(ReturnCode::NotFound)?;
+        if entry.state == MappingState::Rescinded {
+            return Err(ReturnCode::Rescinded);
+        }
+        let parent = self.table.grant_record(entry.grant).ok_or(ReturnCode::NotFound)?;
+        let request = GrantRequest {
+            source: GrantSource::Accepted(parent.cookie),
+            client: to_id,
+            offset: laddr - base,
+            length,
+            access: entry.access,
+        };
+        let cookies = &mut self.cookies;
+        let receipt = self
+            .store
+            .apply(&mut self.table, |t| t.grant(cookies.as_mut(), caller, request))
+            .map_err(|e| store_code(&e))?;
+        let wire = wire_cookie(receipt.cookie, receipt.client);
+        let from = self.name_of(id);
+        let name = self.partition_name(id);
+        self.log("grant", Some(&name), format!("sub-grant {} of {length} bytes at {laddr:#x} to {to}", receipt.grant));
+        self.push(to_id, Event::Granted { cookie: wire, length, from });
+        Ok(wire)
+    }
+
+    /// RESCIND_LOGICAL and the owner's rescind: `granter` rescinds `cookie`.
+    fn rescind_as(
+        &mut self,
+        granter: PartitionRef,
+        cookie: &hypercall_abi::Cookie,
+        force: bool,
+    ) -> std::result::Result<Vec<TornDown>, OpError> {
+        let (c, client, _generation) = split_cookie(cookie);
+        let mode = if force { RescindMode::Forced } else { RescindMode::Normal };
+        match self.store.apply(&mut self.table, |t| t.rescind(granter, client, c, mode)) {
+            Ok(torn) => {
+                self.push_rescinds(&torn, force);
+                Ok(torn)
+            }
+            Err(StoreError::Refused(hv)) if hv.reason == Reason::NotReturned => {
+                // The client still has it: ask for it back.
+                self.push(client, Event::ReturnRequested { cookie: *cookie });
+                Err(op_err(ReturnCode::Busy, "the client has not returned it; RETURN_REQUESTED sent (use --force to take it)"))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    pub fn rescind_logical(
+        &mut self,
+        id: PartitionId,
+        cookie: &hypercall_abi::Cookie,
+        force: bool,
+    ) -> std::result::Result<(), ReturnCode> {
+        let caller = self.caller(id)?;
+        self.rescind_as(caller, cookie, force).map(|_| ()).map_err(|e| e.code)
+    }
+
+    pub fn copy_to(&mut self, id: PartitionId, laddr: u64, data: &[u8]) -> std::result::Result<(), ReturnCode> {
+        let caller = self.caller(id)?;
+        let tr = self
+            .table
+            .translate(caller, laddr, data.len() as u64, true)
+            .map_err(|e| return_code(e.reason))?;
+        let region = self.memory.get(tr.resource).ok_or(ReturnCode::Parameter)?;
+        region.write(tr.offset, data).map_err(|e| {
+            warn!("write to region {}: {e}", region.name);
+            ReturnCode::Hardware
+        })
+    }
+
+    pub fn copy_from(&mut self, id: PartitionId, laddr: u64, len: u32) -> std::result::Result<Vec<u8>, ReturnCode> {
+        let caller = self.caller(id)?;
+        let tr = self.table.translate(caller, laddr, len as u64, false).map_err(|e| return_code(e.reason))?;
+        let region = self.memory.get(tr.resource).ok_or(ReturnCode::Parameter)?;
+        region.read(tr.offset, len as usize).map_err(|e| {
+            warn!("read from region {}: {e}", region.name);
+            ReturnCode::Hardware
+        })
+    }
+
+    /// QUERY_GRANTS: the grants made to the caller's current incarnation.
+    pub fn query_grants(&self, id: PartitionId, start: u32) -> std::result::Result<(u32, Vec<GrantInfo>), ReturnCode> {
+        let caller = self.caller(id)?;
+        let mut all = Vec::new();
+        for g in self.table.grants().filter(|g| g.client == caller) {
+            let state = match (g.client_state, g.logical_base) {
+                (ClientState::Granted, _) => GrantState::Granted,
+                (ClientState::Shared, Some(laddr)) => GrantState::Shared { laddr },
+                (ClientState::Rescinded, Some(laddr)) => GrantState::Rescinded { laddr },
+                _ => continue,
+            };
+            all.push(GrantInfo { cookie: wire_cookie(g.cookie, g.client), length: g.length, state, from: self.name_of(g.granter.id) });
+        }
+        let total = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        let page = all
+            .into_iter()
+            .skip(start as usize)
+            .take(hypercall_abi::MAX_QUERY_ENTRIES)
+            .collect();
+        Ok((total, page))
+    }
+
+    /// DEACT / ACT / ADD_PCI / REM_PCI: authorization is checked against the
+    /// config; the commands themselves come with the hot-plug issue.
+    pub fn partition_command(
+        &self,
+        id: PartitionId,
+        command: crate::config::PartitionCommand,
+        target: Option<&Name>,
+    ) -> ReturnCode {
+        let name = self.partition_name(id);
+        if let Some(t) = target {
+            if !self.ids.contains_key(t.as_str()) {
+                return ReturnCode::NotFound;
+            }
+        }
+        let target_name = target.map(|t| t.as_str().to_string()).unwrap_or_else(|| name.clone());
+        if !self.config.may_issue(&name, command, &target_name) {
+            return ReturnCode::Authority;
+        }
+        ReturnCode::Function
+    }
+
+    // ----- owner operations (the control socket / CLI) ----------------------------------
+
+    fn grant_view(&self, g: &crate::owner::Grant) -> GrantView {
+        let resource = self
+            .resource_ids
+            .iter()
+            .find(|(_, id)| **id == g.resource)
+            .map_or_else(|| format!("{}", g.resource), |(n, _)| n.clone());
+        GrantView {
+            grant: g.id.0,
+            cookie: wire_cookie(g.cookie, g.client).to_string(),
+            resource,
+            granter: self.partition_name(g.granter.id),
+            client: self.partition_name(g.client.id),
+            offset: g.offset,
+            length: g.length,
+            owner_state: format!("{:?}", g.owner_state),
+            client_state: format!("{:?}", g.client_state),
+            laddr: g.logical_base,
+        }
+    }
+
+    /// The owner grants `length` bytes at `offset` of region `resource` to
+    /// partition `to` (the whole region by default), read-write.
+    pub fn owner_grant(
+        &mut self,
+        resource: &str,
+        to: &str,
+        offset: Option<u64>,
+        length: Option<u64>,
+    ) -> std::result::Result<GrantView, OpError> {
+        let rid = *self
+            .resource_ids
+            .get(resource)
+            .ok_or_else(|| op_err(ReturnCode::NotFound, format!("no resource {resource:?} (see `lparhv resources`)")))?;
+        let to_id = self
+            .ids
+            .get(to)
+            .copied()
+            .filter(|t| *t != self.owner)
+            .ok_or_else(|| op_err(ReturnCode::NotFound, format!("no partition {to:?}")))?;
+        let size = self.table.resource(rid).map_or(0, |r| r.length);
+        let offset = offset.unwrap_or(0);
+        let length = length.unwrap_or(size.saturating_sub(offset));
+        let owner = self.table.current_ref(self.owner).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
+        let request = GrantRequest { source: GrantSource::Owned(rid), client: to_id, offset, length, access: Access::ReadWrite };
+        let cookies = &mut self.cookies;
+        let receipt = self.store.apply(&mut self.table, |t| t.grant(cookies.as_mut(), owner, request)).map_err(|e| {
+            let mut err = store_err(e);
+            if err.code == ReturnCode::Parameter {
+                err.message.push_str(&format!(
+                    " (offset and length must be multiples of 4096 inside the region's {size} bytes)"
+                ));
+            }
+            if err.code == ReturnCode::Authority {
+                err.message.push_str(" (add the pair to [authorizations] share in the config)");
+            }
+            err
+        })?;
+        let wire = wire_cookie(receipt.cookie, receipt.client);
+        let from = self.name_of(self.owner);
+        info!(resource, to, cookie = %wire, "owner granted");
+        self.log("grant", Some(to), format!("{} of {resource} [{offset:#x}, +{length:#x}) cookie {wire}", receipt.grant));
+        self.push(to_id, Event::Granted { cookie: wire, length, from });
+        let g = self.table.grant_record(receipt.grant).ok_or_else(|| op_err(ReturnCode::Hardware, "grant vanished"))?;
+        Ok(self.grant_view(g))
+    }
+
+    /// The owner rescinds the grant `cookie` (32 hex digits) it made to
+    /// `partition`.
+    pub fn owner_rescind(&mut self, cookie: &str, partition: &str, force: bool) -> std::result::Result<RescindView, OpError> {
+        let wire = parse_wire_cookie(cookie)
+            .ok_or_else(|| op_err(ReturnCode::Parameter, format!("{cookie:?} is not a cookie (32 hex digits, as `lparhv grant` printed)")))?;
+        let pid = self.partition_id(partition).ok_or_else(|| op_err(ReturnCode::NotFound, format!("no partition {partition:?}")))?;
+        let (_, for_id, _) = split_cookie(&wire);
+        if for_id != pid {
+            return Err(op_err(ReturnCode::NotFound, format!("cookie {cookie} was not made for {partition}")));
+        }
+        let owner = self.table.current_ref(self.owner).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
+        let torn = self.rescind_as(owner, &wire, force)?;
+        info!(cookie, partition, force, torn = torn.len(), "owner rescinded");
+        Ok(RescindView { cookie: wire.to_string(), force, torn_down: torn.iter().map(|t| format!("{} of {}", t.grant, self.partition_name(t.client.id))).collect() })
+    }
+
+    pub fn resources(&self) -> Vec<ResourceView> {
+        let mut out = Vec::new();
+        for r in &self.config.owner.memory {
+            let id = self.resource_ids[&r.name];
+            let state = self.table.resource_state(id).map_or("unknown".into(), |s| format!("{s:?}"));
+            let grants = self.table.grants().filter(|g| g.resource == id).map(|g| self.grant_view(g)).collect();
+            let file = self.memory.get(id).map(|m| m.path.clone()).unwrap_or_default();
+            out.push(ResourceView { name: r.name.clone(), id: id.0, kind: "memory".into(), size: r.size, file, state, grants });
+        }
+        out
+    }
+
+    pub fn status(&self) -> StatusView {
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|(id, p)| {
+                let record = self.table.partition(*id);
+                PartitionStatusView {
+                    name: p.name.clone(),
+                    id: id.0,
+                    generation: record.map_or(0, |r| r.generation.0),
+                    role: p.role.clone(),
+                    recovering: record.is_some_and(|r| r.status != crate::owner::PartitionStatus::Active),
+                    channel: match self.sessions.get(id) {
+                        Some(s) => format!("session v{} (connection {})", s.version, s.conn_id),
+                        None => "no session".into(),
+                    },
+                    socket: p.socket.clone(),
+                    runtime: self.runtime.get(id).cloned().unwrap_or(Runtime::NotStarted),
+                    mappings: record.map_or(0, |r| r.l2p.len()),
+                }
+            })
+            .collect();
+        StatusView {
+            system: self.config.name.clone(),
+            state_dir: self.config.state_dir.clone(),
+            owner: self.config.owner.name.clone(),
+            host_session: self.host_session,
+            grants: self.table.grants().count(),
+            partitions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::Generation;
+
+    #[test]
+    fn wire_cookie_round_trip() {
+        let r = PartitionRef { id: PartitionId(7), generation: Generation(3) };
+        let w = wire_cookie(Cookie(0xdead_beef_0123_4567), r);
+        assert_eq!(split_cookie(&w), (Cookie(0xdead_beef_0123_4567), PartitionId(7), 3));
+        assert_eq!(parse_wire_cookie(&w.to_string()), Some(w));
+        assert_eq!(parse_wire_cookie("xyz"), None);
+    }
+
+    #[test]
+    fn registry_ids_are_stable() {
+        let mut reg = Registry::default();
+        let a = Registry::id_for(&mut reg.partitions, "a");
+        let b = Registry::id_for(&mut reg.partitions, "b");
+        assert_ne!(a, b);
+        assert_eq!(Registry::id_for(&mut reg.partitions, "a"), a);
+    }
+}
