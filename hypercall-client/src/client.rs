@@ -246,6 +246,18 @@ impl Client {
         }
     }
 
+    /// While negotiating: the HELLO may have been lost (lparhv was not
+    /// attached when it was written). Forget it and send a new one with
+    /// the same nonce; a late answer to the old one is dropped as stray.
+    pub fn retry_hello(&mut self) {
+        if self.state == SessionState::Negotiating {
+            if let Some(id) = self.hello_id.take() {
+                self.outstanding.remove(&id);
+            }
+            self.send_hello();
+        }
+    }
+
     // ----------------------------------------------------------- calls
 
     /// Start a call. Its result is collected with [`Client::poll`].

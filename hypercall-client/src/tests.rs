@@ -497,3 +497,20 @@ fn cancel_drops_a_late_answer() {
     assert_eq!(c.poll(e), None);
     assert_eq!(c.stats().stray_responses, 1);
 }
+
+#[test]
+fn lost_hello_can_be_sent_again() {
+    let mut c = Client::new(42, None);
+    let mut h = Host::new();
+    let first = h.read(&mut c);
+    c.retry_hello();
+    let second = h.read(&mut c);
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].id(), second[0].id());
+    c.on_bytes(&response(first[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 1 })));
+    assert!(!c.is_up(), "an answer to the forgotten HELLO is stray");
+    c.on_bytes(&response(second[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 1 })));
+    assert!(c.is_up());
+    c.retry_hello();
+    assert!(h.read(&mut c).is_empty(), "no HELLO once the session is up");
+}
