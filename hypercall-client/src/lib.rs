@@ -1,4 +1,29 @@
-//! Guest side of the hypercall channel to lparhv (the client role of the
-//! grant / accept / return / rescind protocol). Filled in by the hypercall
-//! channel work; the crate exists so the workspace layout is fixed.
+//! hypercall-client — the guest side of the hypercall channel to lparhv
+//! (docs/abi.md, docs/hcall-guest.md).
+//!
+//! A transport-agnostic state machine over `hypercall-abi`: it queues the
+//! sync preamble and HELLO (with the per-boot nonce) at creation, allocates
+//! request ids, keeps the table of outstanding requests and accepts a
+//! response only when both its id and its opcode match one (docs/abi.md
+//! §11), queues events after checking that they name something the guest
+//! knows, and sends HELLO again (same nonce) when lparhv answers H_STATE.
+//! It also keeps the guest's table of mappings (accepted resources): a
+//! RETURN destroys the record before the request is sent, and H_RESCINDED
+//! or a forced RESCINDED event marks only the mapping concerned dead.
+//!
+//! Use: feed received bytes to [`Client::on_bytes`], write out what
+//! [`Client::take_outgoing`] returns, start calls with the typed methods
+//! (each returns a [`Handle`]) and collect results with [`Client::poll`].
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod call;
+mod client;
+#[cfg(test)]
+mod tests;
+
+pub use call::{Call, CallError, Mapping, Placement, Reply};
+pub use client::{Client, GrantRecord, Handle, MappingRecord, Notice, SessionState, Stats, MAX_COPY_FROM_RETRIES};
+pub use hypercall_abi;

@@ -121,6 +121,22 @@ impl BlockDevice {
 }
 
 impl ConsoleDevice {
+    /// The device's interrupt vector (receive and transmit completions).
+    pub fn vector(&self) -> u8 {
+        self.vector
+    }
+
+    /// Move every byte received so far into `out`, without waiting.
+    pub fn read_available(&self, out: &mut Vec<u8>) -> Result<usize, virtio::Error> {
+        let mut c = self.inner.lock();
+        c.poll()?;
+        let before = out.len();
+        while let Some(b) = c.read_byte() {
+            out.push(b);
+        }
+        Ok(out.len() - before)
+    }
+
     /// Queue `data` and wait until the device has taken all of it.
     pub async fn write_all(&self, data: &[u8], deadline: u64) -> Result<(), virtio::Error> {
         for part in data.chunks(1024) {

@@ -5,6 +5,8 @@
 //! - `cmdline`: the `key=value` kernel command line.
 //! - `event`: machine-readable event lines on the console.
 //! - `executor`: cooperative async tasks, timers and interrupt wake-ups.
+//! - `hcall_spec`: the hypercall test behaviours' command line, statistics
+//!   and shared-memory pattern.
 //! - `vectors`: interrupt vector allocation.
 #![cfg_attr(not(test), no_std)]
 
@@ -13,4 +15,5 @@ extern crate alloc;
 pub mod cmdline;
 pub mod event;
 pub mod executor;
+pub mod hcall_spec;
 pub mod vectors;

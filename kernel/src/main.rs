@@ -10,6 +10,8 @@ mod arch;
 mod console;
 mod devices;
 mod exit;
+mod hcall;
+mod hcall_test;
 mod hw;
 mod memfuncs;
 mod mm;
@@ -191,8 +193,55 @@ fn spawn_test(reactor: &Arc<Reactor>, name: &'static str, test: impl Future<Outp
     });
 }
 
+/// `hcall=on` starts the hypercall service; `hcall_test=` runs a test
+/// behaviour on it (contract in docs/hcall-guest.md).
+fn start_hcall(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
+    let test = cmdline.get("hcall_test").map(lparos_kernel::hcall_spec::parse_test);
+    match cmdline.get("hcall") {
+        Some("on") => {
+            if hcall::start(reactor, cmdline.get("hcall_name")).is_err() && test.is_some() {
+                spawn_test(reactor, "hcall_test", async { false });
+                return;
+            }
+        }
+        Some(other) => {
+            log::warn!("hcall={other}: only hcall=on is known");
+        }
+        None => {}
+    }
+    let Some(test) = test else { return };
+    let test = match test {
+        Ok(t) if hcall::running() => t,
+        Ok(_) => {
+            console::event(console::ev("hcall_error").field("what", "test").field("detail", "hcall_test needs hcall=on"));
+            spawn_test(reactor, "hcall_test", async { false });
+            return;
+        }
+        Err(e) => {
+            console::event(console::ev("hcall_error").field("what", "test").field("detail", e));
+            spawn_test(reactor, "hcall_test", async { false });
+            return;
+        }
+    };
+    let return_after = match cmdline.get_u64("hcall_test_return") {
+        Ok(v) => v,
+        Err(e) => {
+            console::event(console::ev("hcall_error").field("what", "test").field("detail", e.to_string()));
+            spawn_test(reactor, "hcall_test", async { false });
+            return;
+        }
+    };
+    match test {
+        lparos_kernel::hcall_spec::HcallTest::Echo { count } => {
+            spawn_test(reactor, "hcall_echo", hcall_test::echo(count, reactor.clone()));
+        }
+        t => spawn_test(reactor, "hcall_share", hcall_test::share(t, return_after, reactor.clone())),
+    }
+}
+
 /// Start what the command line asks for (contract in docs/drivers.md).
 fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
+    start_hcall(cmdline, reactor);
     if let Some(spec) = cmdline.get("disk_test") {
         spawn_test(reactor, "disk_test", services::disk_test(spec.to_string()));
     }

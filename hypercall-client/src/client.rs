@@ -1,0 +1,813 @@
+//! client.rs — the transport-agnostic client state machine.
+//!
+//! The client never touches a device: the caller feeds it the bytes that
+//! arrived ([`Client::on_bytes`]), sends what [`Client::take_outgoing`]
+//! returns, and polls results by [`Handle`]. Everything from the channel
+//! is untrusted: malformed input is counted and reported as a [`Notice`],
+//! never a panic.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use hypercall_abi::{
+    guest_hello, Cookie, Decoder, Event, EventCode, FrameError, FrameRef, GrantState, Kind, Message, MessageError,
+    Name, Opcode, Request, Response, ReturnCode, Status, ABI_VERSION, HEADER_LEN, HELLO_FRAME_VERSION, MAX_FRAME,
+    MIN_ABI_VERSION, SYNC_PREAMBLE_LEN,
+};
+
+use crate::call::{Call, CallError, Mapping, Placement, Reply};
+
+/// Identifies one call for its whole life (across re-sends under new wire
+/// ids). Never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Handle(pub u64);
+
+/// How often a COPY_FROM is re-sent because frame errors made its answer
+/// untrustworthy before the call fails with [`CallError::Corrupt`].
+pub const MAX_COPY_FROM_RETRIES: u8 = 4;
+
+/// Where the session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// HELLO sent, no answer yet. Calls wait.
+    Negotiating,
+    /// HELLO accepted.
+    Up { version: u8, max_payload: u32, host_session: u64 },
+    /// HELLO refused. Calls fail with [`CallError::NoSession`].
+    Refused { status: Status, host_range: Option<(u8, u8)> },
+}
+
+/// Something the owner of the client should log (as `@ev hcall_up` /
+/// `@ev hcall_error` in the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// HELLO accepted. `renegotiated`: not the first HELLO of this boot;
+    /// `host_changed`: lparhv's session id differs from the previous one.
+    Up { version: u8, host_session: u64, renegotiated: bool, host_changed: bool },
+    /// No common ABI version: both ranges (docs/abi.md §5).
+    VersionMismatch { guest_min: u8, guest_max: u8, host_min: u8, host_max: u8 },
+    /// HELLO refused with another status (H_PERMISSION...).
+    HelloRefused(Status),
+    /// lparhv answered H_STATE: it lost the session; HELLO goes out again.
+    SessionLost,
+    /// Damaged bytes on the channel (already skipped).
+    Frame(FrameError),
+    /// A checked frame that holds no valid message.
+    Message(MessageError),
+    /// A response for no outstanding request, or with the wrong opcode,
+    /// or at the wrong version: dropped.
+    Stray { id: u32, opcode: u16 },
+    /// A frame of a kind the guest never receives (a request).
+    WrongKind { opcode: u16 },
+    /// An event dropped because it names nothing the guest knows, or came
+    /// before a session.
+    EventDropped { code: EventCode },
+    /// A response whose body contradicts the ABI (e.g. ECHO data differs,
+    /// COPY_FROM length wrong): the call failed with H_HARDWARE.
+    BadReply { opcode: u16 },
+}
+
+/// The client's record of a mapping (an accepted resource).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappingRecord {
+    pub mapping: Mapping,
+    /// Force-rescinded (event or H_RESCINDED): every use fails; the guest
+    /// should return it.
+    pub dead: bool,
+}
+
+/// What the client knows about a cookie it was told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub length: u64,
+    /// The granting partition, when the guest learned it (GRANTED event or
+    /// QUERY_GRANTS).
+    pub from: Option<Name>,
+}
+
+/// Counters, for diagnostics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub frames_in: u64,
+    pub frame_errors: u64,
+    pub message_errors: u64,
+    pub stray_responses: u64,
+    pub events: u64,
+    pub events_dropped: u64,
+    pub requests_sent: u64,
+    pub hellos_sent: u64,
+    pub copy_from_retries: u64,
+}
+
+struct Outstanding {
+    handle: Handle,
+    opcode: Opcode,
+    call: Call,
+    retries: u8,
+    /// Number of successful HELLOs when it was sent.
+    epoch: u32,
+    /// `rx_batch` when it was sent.
+    batch: u64,
+}
+
+const HELLO_HANDLE: Handle = Handle(0);
+
+/// The guest end of the hypercall channel.
+pub struct Client {
+    nonce: u64,
+    name: Option<Name>,
+    state: SessionState,
+    /// Whether a HELLO is on the wire (its id is in `outstanding`).
+    hello_id: Option<u32>,
+    hellos_done: u32,
+    last_host_session: Option<u64>,
+    next_id: u32,
+    next_handle: u64,
+    decoder: Box<Decoder>,
+    out: Vec<u8>,
+    /// Calls waiting for a session (in call order).
+    waiting: VecDeque<(Handle, Call, u8)>,
+    outstanding: BTreeMap<u32, Outstanding>,
+    done: BTreeMap<Handle, Result<Reply, CallError>>,
+    events: VecDeque<Event>,
+    notices: VecDeque<Notice>,
+    mappings: BTreeMap<u64, MappingRecord>,
+    /// Records of mappings whose RETURN is on the wire (already gone from
+    /// `mappings`; kept only to restore them if lparhv refuses).
+    returning: BTreeMap<u64, MappingRecord>,
+    grants: BTreeMap<Cookie, GrantRecord>,
+    stats: Stats,
+    /// Encode buffer for outgoing frames.
+    scratch: Box<[u8]>,
+    /// Copy of the frame being handled (the decoder's buffer is borrowed
+    /// only briefly).
+    rx: Box<[u8]>,
+    /// Incremented at the start of every `on_bytes`.
+    rx_batch: u64,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state)
+            .field("outstanding", &self.outstanding.len())
+            .field("waiting", &self.waiting.len())
+            .field("mappings", &self.mappings.len())
+            .finish()
+    }
+}
+
+/// Most notices kept before the oldest are dropped (a flood of garbage
+/// must not grow memory without bound).
+const MAX_NOTICES: usize = 256;
+/// Most events kept before the oldest are dropped.
+const MAX_EVENTS: usize = 1024;
+
+impl Client {
+    /// A client for one boot. `nonce` must differ between boots (docs/abi.md
+    /// §5). The sync preamble and the HELLO are queued at once.
+    pub fn new(nonce: u64, name: Option<Name>) -> Client {
+        let mut c = Client {
+            nonce,
+            name,
+            state: SessionState::Negotiating,
+            hello_id: None,
+            hellos_done: 0,
+            last_host_session: None,
+            next_id: 1,
+            next_handle: 1,
+            decoder: Box::new(Decoder::new()),
+            out: vec![0u8; SYNC_PREAMBLE_LEN],
+            waiting: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            done: BTreeMap::new(),
+            events: VecDeque::new(),
+            notices: VecDeque::new(),
+            mappings: BTreeMap::new(),
+            returning: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            stats: Stats::default(),
+            scratch: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            rx: vec![0u8; MAX_FRAME].into_boxed_slice(),
+            rx_batch: 0,
+        };
+        c.send_hello();
+        c
+    }
+
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, SessionState::Up { .. })
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Bytes to write to the channel, in order. Take them all.
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.out)
+    }
+
+    pub fn has_outgoing(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Next queued event (already checked: see docs/abi.md §11).
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Next thing worth logging.
+    pub fn next_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// Number of calls sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len() - usize::from(self.hello_id.is_some())
+    }
+
+    /// After a refusal: try HELLO again (same nonce). Does nothing while a
+    /// HELLO is on the wire or the session is up.
+    pub fn hello_again(&mut self) {
+        if matches!(self.state, SessionState::Refused { .. }) {
+            self.state = SessionState::Negotiating;
+            self.send_hello();
+        }
+    }
+
+    /// While negotiating: the HELLO may have been lost (lparhv was not
+    /// attached when it was written). Forget it and send a new one with
+    /// the same nonce; a late answer to the old one is dropped as stray.
+    pub fn retry_hello(&mut self) {
+        if self.state == SessionState::Negotiating {
+            if let Some(id) = self.hello_id.take() {
+                self.outstanding.remove(&id);
+            }
+            self.send_hello();
+        }
+    }
+
+    // ----------------------------------------------------------- calls
+
+    /// Start a call. Its result is collected with [`Client::poll`].
+    pub fn call(&mut self, call: Call) -> Handle {
+        let handle = Handle(self.next_handle);
+        self.next_handle += 1;
+        self.submit(handle, call, 0);
+        handle
+    }
+
+    /// The result of a finished call (taken: a second poll returns `None`),
+    /// or `None` while it runs.
+    pub fn poll(&mut self, handle: Handle) -> Option<Result<Reply, CallError>> {
+        self.done.remove(&handle)
+    }
+
+    pub fn is_done(&self, handle: Handle) -> bool {
+        self.done.contains_key(&handle)
+    }
+
+    /// Give up on a call. If it was sent, its answer will be dropped.
+    pub fn cancel(&mut self, handle: Handle) {
+        self.done.remove(&handle);
+        self.waiting.retain(|(h, _, _)| *h != handle);
+        let ids: Vec<u32> = self.outstanding.iter().filter(|(_, o)| o.handle == handle).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(Outstanding { call: Call::Return { laddr }, .. }) = self.outstanding.remove(&id) {
+                // Whether lparhv performed it is unknown; the record was
+                // destroyed before sending and stays destroyed.
+                self.returning.remove(&laddr);
+            }
+        }
+    }
+
+    pub fn echo(&mut self, data: &[u8]) -> Handle {
+        self.call(Call::Echo(data.to_vec()))
+    }
+    /// Accept a grant; the reply is [`Reply::Accepted`] with the mapping,
+    /// which the client also records.
+    pub fn accept(&mut self, cookie: Cookie, placement: Placement) -> Handle {
+        self.call(Call::Accept { cookie, placement })
+    }
+    /// Return the resource at `laddr`. The client's mapping record is
+    /// destroyed *before* the request goes out (docs/abi.md §6.3); it comes
+    /// back only if lparhv refuses with H_IN_USE / H_BUSY.
+    pub fn return_mapping(&mut self, laddr: u64) -> Handle {
+        self.call(Call::Return { laddr })
+    }
+    pub fn grant(&mut self, laddr: u64, length: u64, to: Name) -> Handle {
+        self.call(Call::Grant { laddr, length, to })
+    }
+    pub fn rescind(&mut self, cookie: Cookie, force: bool) -> Handle {
+        self.call(Call::Rescind { cookie, force })
+    }
+    pub fn copy_to(&mut self, laddr: u64, data: &[u8]) -> Handle {
+        self.call(Call::CopyTo { laddr, data: data.to_vec() })
+    }
+    pub fn copy_from(&mut self, laddr: u64, len: u32) -> Handle {
+        self.call(Call::CopyFrom { laddr, len })
+    }
+    pub fn query_grants(&mut self, start: u32) -> Handle {
+        self.call(Call::QueryGrants { start })
+    }
+    pub fn register_events(&mut self, server: Name, mask: hypercall_abi::EventMask) -> Handle {
+        self.call(Call::RegisterEvents { server, mask })
+    }
+    pub fn pause_complete(&mut self, server: Name, pause_id: u64) -> Handle {
+        self.call(Call::PauseComplete { server, pause_id })
+    }
+    pub fn deact(&mut self, partition: Name) -> Handle {
+        self.call(Call::Deact { partition })
+    }
+    pub fn act(&mut self, partition: Name) -> Handle {
+        self.call(Call::Act { partition })
+    }
+    pub fn add_pci(&mut self, slot: u32) -> Handle {
+        self.call(Call::AddPci { slot })
+    }
+    pub fn rem_pci(&mut self, slot: u32, partition: Name) -> Handle {
+        self.call(Call::RemPci { slot, partition })
+    }
+    pub fn set_cpu_share(&mut self, partition: Option<Name>, percent: u8) -> Handle {
+        self.call(Call::SetCpuShare { partition, percent })
+    }
+
+    // -------------------------------------------------------- mappings
+
+    /// The mapping that covers `laddr`, if any.
+    pub fn mapping_at(&self, laddr: u64) -> Option<MappingRecord> {
+        let (_, rec) = self.mappings.range(..=laddr).next_back()?;
+        (laddr - rec.mapping.laddr < rec.mapping.len).then_some(*rec)
+    }
+
+    /// Every mapping the guest holds, by logical address.
+    pub fn mappings(&self) -> impl Iterator<Item = &MappingRecord> {
+        self.mappings.values()
+    }
+
+    /// Mappings of grants made by partition `owner` (or whose granter is
+    /// unknown): what to return on OWNER_FAILURE.
+    pub fn mappings_from(&self, owner: &Name) -> Vec<Mapping> {
+        self.mappings
+            .values()
+            .filter(|m| match self.grants.get(&m.mapping.cookie).and_then(|g| g.from) {
+                Some(from) => from == *owner,
+                None => true,
+            })
+            .map(|m| m.mapping)
+            .collect()
+    }
+
+    /// What the client knows about `cookie`.
+    pub fn grant_record(&self, cookie: &Cookie) -> Option<GrantRecord> {
+        self.grants.get(cookie).copied()
+    }
+
+    fn mark_dead_covering(&mut self, laddr: u64) {
+        if let Some(rec) = self.mapping_at(laddr) {
+            if let Some(r) = self.mappings.get_mut(&rec.mapping.laddr) {
+                r.dead = true;
+            }
+        }
+    }
+
+    // -------------------------------------------------------- sending
+
+    fn alloc_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id == 0 {
+                self.next_id = 1;
+            }
+            if id != 0 && !self.outstanding.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn send_hello(&mut self) {
+        let id = self.alloc_id();
+        let hello = guest_hello(self.nonce, self.name);
+        match Request::Hello(hello).encode(HELLO_FRAME_VERSION, id, &mut self.scratch) {
+            Ok(n) => {
+                self.out.extend_from_slice(&self.scratch[..n]);
+                self.outstanding.insert(
+                    id,
+                    Outstanding { handle: HELLO_HANDLE, opcode: Opcode::Hello, call: Call::QueryGrants { start: 0 }, retries: 0, epoch: self.hellos_done, batch: self.rx_batch },
+                );
+                self.hello_id = Some(id);
+                self.stats.hellos_sent += 1;
+            }
+            Err(_) => {
+                // Cannot happen for a HELLO built by guest_hello; treat as
+                // a refusal rather than panic.
+                self.state = SessionState::Refused { status: Status::Known(ReturnCode::Parameter), host_range: None };
+            }
+        }
+    }
+
+    fn submit(&mut self, handle: Handle, call: Call, retries: u8) {
+        match self.state {
+            SessionState::Negotiating => self.waiting.push_back((handle, call, retries)),
+            SessionState::Refused { .. } => {
+                self.done.insert(handle, Err(CallError::NoSession));
+            }
+            SessionState::Up { version, max_payload, .. } => self.send_now(handle, call, retries, version, max_payload),
+        }
+    }
+
+    fn send_now(&mut self, handle: Handle, call: Call, retries: u8, version: u8, max_payload: u32) {
+        // The guest destroys its own mapping record before it returns.
+        let restore = if let Call::Return { laddr } = call { self.mappings.remove(&laddr) } else { None };
+        let id = self.alloc_id();
+        let encoded = call.request().encode(version, id, &mut self.scratch);
+        match encoded {
+            Ok(n) if n - HEADER_LEN <= max_payload as usize => {
+                self.out.extend_from_slice(&self.scratch[..n]);
+                self.stats.requests_sent += 1;
+                let opcode = call.opcode();
+                self.outstanding.insert(id, Outstanding { handle, opcode, call, retries, epoch: self.hellos_done, batch: self.rx_batch });
+                if let Some(rec) = restore {
+                    self.returning.insert(rec.mapping.laddr, rec);
+                }
+            }
+            Ok(_) => {
+                if let Some(rec) = restore {
+                    self.mappings.insert(rec.mapping.laddr, rec);
+                }
+                self.done.insert(handle, Err(CallError::Invalid("payload above the session's max_payload")));
+            }
+            Err(e) => {
+                if let Some(rec) = restore {
+                    self.mappings.insert(rec.mapping.laddr, rec);
+                }
+                let what = match e {
+                    hypercall_abi::EncodeError::Invalid(w) => w,
+                    hypercall_abi::EncodeError::BufferTooSmall => "frame too large",
+                };
+                self.done.insert(handle, Err(CallError::Invalid(what)));
+            }
+        }
+    }
+
+    // ------------------------------------------------------- receiving
+
+    /// Feed bytes that arrived from the channel (any chunking).
+    pub fn on_bytes(&mut self, input: &[u8]) {
+        self.rx_batch += 1;
+        let mut input = input;
+        loop {
+            let n = self.decoder.feed(input);
+            input = &input[n..];
+            loop {
+                // Copy the frame out so the decoder's borrow ends before we
+                // mutate the rest of the client.
+                let item = match self.decoder.next_frame() {
+                    None => break,
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(f)) => {
+                        let len = HEADER_LEN + f.payload.len();
+                        self.rx[HEADER_LEN..len].copy_from_slice(f.payload);
+                        Ok((f.header, len))
+                    }
+                };
+                match item {
+                    Err(e) => self.on_frame_error(e),
+                    Ok((header, len)) => {
+                        let payload = core::mem::take(&mut self.rx);
+                        self.on_frame(FrameRef { header, payload: &payload[HEADER_LEN..len] });
+                        self.rx = payload;
+                    }
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        if self.notices.len() >= MAX_NOTICES {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
+    }
+
+    fn on_frame_error(&mut self, e: FrameError) {
+        self.stats.frame_errors += 1;
+        self.notice(Notice::Frame(e));
+        // docs/abi.md §11: bytes after a damaged frame may be a frame that
+        // was embedded in COPY_FROM data. Retire every COPY_FROM that is
+        // waiting (its id can no longer be trusted) and ask again under a
+        // new id; reads have no side effects. Reads sent while this input
+        // was being handled cannot be answered by bytes already received,
+        // so they are not retired again.
+        let batch = self.rx_batch;
+        let ids: Vec<u32> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| o.opcode == Opcode::CopyFromLogical && o.batch < batch)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(o) = self.outstanding.remove(&id) {
+                if o.retries >= MAX_COPY_FROM_RETRIES {
+                    self.done.insert(o.handle, Err(CallError::Corrupt));
+                } else {
+                    self.stats.copy_from_retries += 1;
+                    self.submit(o.handle, o.call, o.retries + 1);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: FrameRef<'_>) {
+        self.stats.frames_in += 1;
+        let msg = match Message::decode(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.message_errors += 1;
+                // A broken response to an outstanding request: that request
+                // will never be answered properly. Fail it with H_HARDWARE
+                // only if id and opcode match (otherwise it is not ours).
+                if e.kind == Kind::Response {
+                    let matches = self.outstanding.get(&e.request_id).map(|o| o.opcode as u16) == Some(e.opcode);
+                    if matches && self.hello_id != Some(e.request_id) {
+                        if let Some(o) = self.outstanding.remove(&e.request_id) {
+                            self.finish(o, Err(CallError::Status(Status::Known(ReturnCode::Hardware))));
+                        }
+                    }
+                }
+                self.notice(Notice::Message(e));
+                return;
+            }
+        };
+        match msg {
+            Message::Request { request, .. } => {
+                self.notice(Notice::WrongKind { opcode: request.opcode() as u16 });
+            }
+            Message::Response { id, response } => self.on_response(frame.header.version, id, response),
+            Message::Event(ev) => self.on_event(frame.header.version, ev),
+        }
+    }
+
+    fn stray(&mut self, id: u32, opcode: u16) {
+        self.stats.stray_responses += 1;
+        self.notice(Notice::Stray { id, opcode });
+    }
+
+    fn on_response(&mut self, version: u8, id: u32, response: Response<'_>) {
+        let opcode = response.opcode();
+        let Some(o) = self.outstanding.get(&id) else {
+            return self.stray(id, opcode);
+        };
+        if o.opcode as u16 != opcode {
+            return self.stray(id, opcode);
+        }
+        if Some(id) == self.hello_id {
+            if version != HELLO_FRAME_VERSION {
+                return self.stray(id, opcode);
+            }
+            self.outstanding.remove(&id);
+            self.hello_id = None;
+            return self.on_hello_answer(response);
+        }
+        let SessionState::Up { version: session_version, .. } = self.state else {
+            // A response to a request from before a session loss that
+            // arrives while HELLO is pending: keep waiting for it only if
+            // it carries the old version; the generic rules below apply.
+            return self.finish_response(id, response);
+        };
+        if version != session_version {
+            return self.stray(id, opcode);
+        }
+        self.finish_response(id, response);
+    }
+
+    fn finish_response(&mut self, id: u32, response: Response<'_>) {
+        let Some(o) = self.outstanding.remove(&id) else { return };
+        if let Response::Failed { status, .. } = response {
+            if status.code() == Some(ReturnCode::State) {
+                // lparhv has no session for us (it restarted): HELLO again
+                // with the same nonce, then send this call again.
+                if self.is_up() && o.epoch < self.hellos_done {
+                    // Sent before the HELLO that already restored the
+                    // session: just send it again.
+                    return self.submit(o.handle, o.call, o.retries);
+                }
+                self.notice(Notice::SessionLost);
+                self.waiting.push_front((o.handle, o.call, o.retries));
+                if self.hello_id.is_none() {
+                    self.state = SessionState::Negotiating;
+                    self.send_hello();
+                }
+                return;
+            }
+            if status.code() == Some(ReturnCode::Rescinded) {
+                if let Some((laddr, _)) = o.call.names_range() {
+                    self.mark_dead_covering(laddr);
+                }
+            }
+            return self.finish(o, Err(CallError::Status(status)));
+        }
+        let result = match (&o.call, response) {
+            (Call::Echo(sent), Response::Echo(got)) => {
+                if got == sent.as_slice() {
+                    Ok(Reply::Echo(got.to_vec()))
+                } else {
+                    Err(())
+                }
+            }
+            (Call::Accept { cookie, placement }, Response::AcceptLogical { laddr, length }) => {
+                let placed_ok = match placement {
+                    Placement::At(a) => *a == laddr,
+                    Placement::Anywhere => true,
+                };
+                let overlaps = self.overlaps(laddr, length);
+                if !placed_ok || length == 0 || laddr.checked_add(length).is_none() || overlaps {
+                    Err(())
+                } else {
+                    let mapping = Mapping { cookie: *cookie, laddr, len: length };
+                    self.mappings.insert(laddr, MappingRecord { mapping, dead: false });
+                    self.grants.entry(*cookie).or_insert(GrantRecord { length, from: None });
+                    Ok(Reply::Accepted(mapping))
+                }
+            }
+            (Call::Return { laddr }, Response::ReturnLogical) => {
+                if let Some(rec) = self.returning.remove(laddr) {
+                    self.grants.remove(&rec.mapping.cookie);
+                }
+                Ok(Reply::Returned)
+            }
+            (Call::Grant { .. }, Response::GrantLogical { cookie }) => Ok(Reply::Granted(cookie)),
+            (Call::Rescind { .. }, Response::RescindLogical) => Ok(Reply::Rescinded),
+            (Call::CopyTo { .. }, Response::CopyToLogical) => Ok(Reply::Written),
+            (Call::CopyFrom { len, .. }, Response::CopyFromLogical(data)) => {
+                if data.len() == *len as usize {
+                    Ok(Reply::Read(data.to_vec()))
+                } else {
+                    Err(())
+                }
+            }
+            (Call::QueryGrants { .. }, Response::QueryGrants { total, entries }) => {
+                let entries: Vec<_> = entries.iter().collect();
+                for e in &entries {
+                    let rec = self.grants.entry(e.cookie).or_insert(GrantRecord { length: e.length, from: Some(e.from) });
+                    rec.from = Some(e.from);
+                    if let GrantState::Rescinded { laddr } = e.state {
+                        if let Some(m) = self.mappings.get_mut(&laddr) {
+                            if m.mapping.cookie == e.cookie {
+                                m.dead = true;
+                            }
+                        }
+                    }
+                }
+                Ok(Reply::Grants { total, entries })
+            }
+            (Call::RegisterEvents { .. }, Response::RegisterEvents { mask }) => Ok(Reply::Registered(mask)),
+            (Call::PauseComplete { .. }, Response::PauseComplete)
+            | (Call::Deact { .. }, Response::Deact)
+            | (Call::Act { .. }, Response::Act)
+            | (Call::AddPci { .. }, Response::AddPci)
+            | (Call::RemPci { .. }, Response::RemPci)
+            | (Call::SetCpuShare { .. }, Response::SetCpuShare) => Ok(Reply::Done),
+            _ => Err(()),
+        };
+        match result {
+            Ok(r) => self.finish(o, Ok(r)),
+            Err(()) => {
+                self.notice(Notice::BadReply { opcode: o.opcode as u16 });
+                self.finish(o, Err(CallError::Status(Status::Known(ReturnCode::Hardware))))
+            }
+        }
+    }
+
+    fn overlaps(&self, laddr: u64, len: u64) -> bool {
+        let end = laddr.saturating_add(len);
+        self.mappings.values().chain(self.returning.values()).any(|m| {
+            let (a, b) = (m.mapping.laddr, m.mapping.laddr.saturating_add(m.mapping.len));
+            a < end && laddr < b
+        })
+    }
+
+    /// Records the result; a failed RETURN gives the mapping record back
+    /// when lparhv still holds the resource for us.
+    fn finish(&mut self, o: Outstanding, result: Result<Reply, CallError>) {
+        if let (Call::Return { laddr }, Err(e)) = (&o.call, &result) {
+            if let Some(rec) = self.returning.remove(laddr) {
+                if e.is(ReturnCode::InUse) || e.is(ReturnCode::Busy) {
+                    self.mappings.insert(*laddr, rec);
+                }
+            }
+        }
+        self.done.insert(o.handle, result);
+    }
+
+    fn on_hello_answer(&mut self, response: Response<'_>) {
+        match response {
+            Response::Hello(r) if (MIN_ABI_VERSION..=ABI_VERSION).contains(&r.version) => {
+                let renegotiated = self.hellos_done > 0;
+                let host_changed = self.last_host_session.is_some_and(|s| s != r.host_session);
+                self.hellos_done += 1;
+                self.last_host_session = Some(r.host_session);
+                self.state = SessionState::Up { version: r.version, max_payload: r.max_payload, host_session: r.host_session };
+                self.notice(Notice::Up { version: r.version, host_session: r.host_session, renegotiated, host_changed });
+                let waiting = core::mem::take(&mut self.waiting);
+                for (h, call, retries) in waiting {
+                    self.submit(h, call, retries);
+                }
+            }
+            Response::Hello(r) => {
+                // A version we never offered: treat as a refusal.
+                self.refuse(Status::Known(ReturnCode::Unsupported), Some((r.version, r.version)));
+            }
+            Response::HelloRefused { host_min, host_max } => {
+                self.notice(Notice::VersionMismatch { guest_min: MIN_ABI_VERSION, guest_max: ABI_VERSION, host_min, host_max });
+                self.refuse(Status::Known(ReturnCode::Unsupported), Some((host_min, host_max)));
+            }
+            Response::Failed { status, .. } => {
+                self.notice(Notice::HelloRefused(status));
+                self.refuse(status, None);
+            }
+            _ => self.refuse(Status::Known(ReturnCode::Hardware), None),
+        }
+    }
+
+    fn refuse(&mut self, status: Status, host_range: Option<(u8, u8)>) {
+        self.state = SessionState::Refused { status, host_range };
+        for (h, _, _) in core::mem::take(&mut self.waiting) {
+            self.done.insert(h, Err(CallError::NoSession));
+        }
+    }
+
+    fn on_event(&mut self, version: u8, ev: Event) {
+        let code = ev.code();
+        let SessionState::Up { version: v, .. } = self.state else {
+            return self.drop_event(code);
+        };
+        if version != v {
+            return self.drop_event(code);
+        }
+        let known = |c: &Cookie, s: &Self| s.grants.contains_key(c) || s.mappings.values().any(|m| m.mapping.cookie == *c);
+        let keep = match &ev {
+            Event::Granted { cookie, length, from } => {
+                self.grants.insert(*cookie, GrantRecord { length: *length, from: Some(*from) });
+                true
+            }
+            Event::Rescinded { cookie, laddr, forced } => {
+                if !known(cookie, self) {
+                    false
+                } else {
+                    let mapped = laddr.and_then(|a| self.mappings.get(&a).copied()).filter(|m| m.mapping.cookie == *cookie);
+                    match mapped {
+                        Some(m) => {
+                            // Still mapped: a forced rescind kills it until
+                            // the guest returns it. (A normal rescind only
+                            // happens after return, so a live record here
+                            // means we must stop using it too.)
+                            let _ = forced;
+                            if let Some(r) = self.mappings.get_mut(&m.mapping.laddr) {
+                                r.dead = true;
+                            }
+                        }
+                        None => {
+                            self.grants.remove(cookie);
+                        }
+                    }
+                    true
+                }
+            }
+            Event::ReturnRequested { cookie } => known(cookie, self),
+            Event::OwnerFailure { owner, .. } => {
+                self.grants.values().any(|g| g.from.is_none_or(|f| f == *owner)) || !self.mappings_from(owner).is_empty()
+            }
+            _ => true,
+        };
+        if keep {
+            self.stats.events += 1;
+            if self.events.len() >= MAX_EVENTS {
+                self.events.pop_front();
+            }
+            self.events.push_back(ev);
+        } else {
+            self.drop_event(code);
+        }
+    }
+
+    fn drop_event(&mut self, code: EventCode) {
+        self.stats.events_dropped += 1;
+        self.notice(Notice::EventDropped { code });
+    }
+}

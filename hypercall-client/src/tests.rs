@@ -1,0 +1,516 @@
+//! Host unit tests: the client against a scripted fake lparhv built from
+//! `hypercall-abi`'s own encoder and decoder.
+
+use std::vec::Vec;
+
+use hypercall_abi::{
+    Cookie, Decoder, Event, Header, HelloReply, Message, Name, Request, Response, ReturnCode, Status, MAX_FRAME,
+    SYNC_PREAMBLE_LEN,
+};
+
+use crate::*;
+
+/// One request as the fake host saw it: header plus a copy of the payload.
+struct Seen {
+    header: Header,
+    payload: Vec<u8>,
+}
+
+impl Seen {
+    fn id(&self) -> u32 {
+        self.header.request_id
+    }
+    fn request(&self) -> Request<'_> {
+        match Message::decode_parts(&self.header, &self.payload).expect("guest sent a valid message") {
+            Message::Request { request, .. } => request,
+            other => panic!("guest sent {other:?}"),
+        }
+    }
+}
+
+struct Host {
+    dec: Decoder,
+}
+
+impl Host {
+    fn new() -> Self {
+        Host { dec: Decoder::new() }
+    }
+
+    /// Everything the client wants to send, decoded. Frame errors fail the
+    /// test: the client must only ever send well-formed frames.
+    fn read(&mut self, c: &mut Client) -> Vec<Seen> {
+        let bytes = c.take_outgoing();
+        let mut out = Vec::new();
+        self.dec.push(&bytes, |item| {
+            let f = item.expect("client sent a damaged frame");
+            out.push(Seen { header: f.header, payload: f.payload.to_vec() });
+        });
+        out
+    }
+}
+
+fn response(id: u32, r: Response<'_>) -> Vec<u8> {
+    let mut buf = std::vec![0u8; MAX_FRAME];
+    let n = r.encode(1, id, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn event(e: Event) -> Vec<u8> {
+    let mut buf = std::vec![0u8; MAX_FRAME];
+    let n = e.encode(1, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn failed(id: u32, op: hypercall_abi::Opcode, code: ReturnCode) -> Vec<u8> {
+    response(id, Response::failed(op as u16, code))
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+/// A client with a session up (HELLO answered), and the host.
+fn up(session: u64) -> (Client, Host) {
+    let mut c = Client::new(0xABCD, Some(name("lp1")));
+    let mut h = Host::new();
+    let seen = h.read(&mut c);
+    assert_eq!(seen.len(), 1);
+    c.on_bytes(&response(seen[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: session })));
+    assert!(c.is_up());
+    while c.next_notice().is_some() {}
+    (c, h)
+}
+
+#[test]
+fn preamble_then_hello_with_nonce_and_calls_wait_for_the_session() {
+    let mut c = Client::new(0x1234_5678_9ABC, Some(name("lp1")));
+    let e = c.echo(b"early");
+    let bytes = c.take_outgoing();
+    assert!(bytes.len() > SYNC_PREAMBLE_LEN);
+    assert!(bytes[..SYNC_PREAMBLE_LEN].iter().all(|b| *b == 0), "preamble is zeros");
+    assert_eq!(&bytes[SYNC_PREAMBLE_LEN..SYNC_PREAMBLE_LEN + 4], b"LPHC");
+    let mut h = Host::new();
+    let mut seen = Vec::new();
+    h.dec.push(&bytes, |f| {
+        let f = f.unwrap();
+        seen.push(Seen { header: f.header, payload: f.payload.to_vec() })
+    });
+    assert_eq!(seen.len(), 1, "only HELLO before the session is up");
+    match seen[0].request() {
+        Request::Hello(hello) => {
+            assert_eq!(hello.nonce, 0x1234_5678_9ABC);
+            assert_eq!((hello.min_version, hello.max_version), (1, 1));
+            assert_eq!(hello.name, Some(name("lp1")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.state(), SessionState::Negotiating);
+    c.on_bytes(&response(seen[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 4096, host_session: 9 })));
+    assert_eq!(c.next_notice(), Some(Notice::Up { version: 1, host_session: 9, renegotiated: false, host_changed: false }));
+    let seen = h.read(&mut c);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].request(), Request::Echo(b"early"));
+    c.on_bytes(&response(seen[0].id(), Response::Echo(b"early")));
+    assert_eq!(c.poll(e), Some(Ok(Reply::Echo(b"early".to_vec()))));
+    assert_eq!(c.poll(e), None, "a result is taken once");
+}
+
+#[test]
+fn version_mismatch_stops_calls_until_hello_again() {
+    let mut c = Client::new(7, None);
+    let mut h = Host::new();
+    let hello = h.read(&mut c);
+    let pending = c.echo(b"x");
+    c.on_bytes(&response(hello[0].id(), Response::HelloRefused { host_min: 2, host_max: 3 }));
+    assert_eq!(c.next_notice(), Some(Notice::VersionMismatch { guest_min: 1, guest_max: 1, host_min: 2, host_max: 3 }));
+    assert!(matches!(c.state(), SessionState::Refused { host_range: Some((2, 3)), .. }));
+    assert_eq!(c.poll(pending), Some(Err(CallError::NoSession)));
+    let later = c.echo(b"y");
+    assert_eq!(c.poll(later), Some(Err(CallError::NoSession)));
+    assert!(h.read(&mut c).is_empty(), "nothing is sent without a session");
+    // An event without a session is dropped.
+    c.on_bytes(&event(Event::Granted { cookie: Cookie::from_u128(1), length: 4096, from: name("lp0") }));
+    assert_eq!(c.next_event(), None);
+    c.hello_again();
+    let again = h.read(&mut c);
+    assert_eq!(again.len(), 1);
+    match again[0].request() {
+        Request::Hello(hh) => assert_eq!(hh.nonce, 7, "same nonce: only renegotiation"),
+        other => panic!("{other:?}"),
+    }
+    c.on_bytes(&response(again[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 1 })));
+    assert!(c.is_up());
+}
+
+#[test]
+fn hello_permission_refusal() {
+    let mut c = Client::new(7, Some(name("wrong")));
+    let mut h = Host::new();
+    let hello = h.read(&mut c);
+    c.on_bytes(&failed(hello[0].id(), hypercall_abi::Opcode::Hello, ReturnCode::Permission));
+    assert_eq!(c.next_notice(), Some(Notice::HelloRefused(Status::Known(ReturnCode::Permission))));
+    assert!(!c.is_up());
+}
+
+#[test]
+fn responses_must_match_id_and_opcode() {
+    let (mut c, mut h) = up(1);
+    let a = c.echo(b"aaaa");
+    let b = c.copy_from(0x1000, 4);
+    let seen = h.read(&mut c);
+    let (ida, idb) = (seen[0].id(), seen[1].id());
+    assert_ne!(ida, idb);
+    assert!(ida != 0 && idb != 0);
+    // Right id, wrong opcode: a COPY_FROM answer carrying a's id.
+    c.on_bytes(&response(ida, Response::CopyFromLogical(b"aaaa")));
+    // Unknown id.
+    c.on_bytes(&response(ida.wrapping_add(1000), Response::Echo(b"aaaa")));
+    assert_eq!(c.stats().stray_responses, 2);
+    assert!(!c.is_done(a) && !c.is_done(b));
+    // The real answers, out of order.
+    c.on_bytes(&response(idb, Response::CopyFromLogical(b"wxyz")));
+    c.on_bytes(&response(ida, Response::Echo(b"aaaa")));
+    assert_eq!(c.poll(b), Some(Ok(Reply::Read(b"wxyz".to_vec()))));
+    assert_eq!(c.poll(a), Some(Ok(Reply::Echo(b"aaaa".to_vec()))));
+    // A duplicate answer to a finished call is stray too.
+    c.on_bytes(&response(ida, Response::Echo(b"aaaa")));
+    assert_eq!(c.stats().stray_responses, 3);
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
+fn contradictory_bodies_fail_the_call_not_the_client() {
+    let (mut c, mut h) = up(1);
+    let e = c.echo(b"abc");
+    let r = c.copy_from(0x2000, 8);
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::Echo(b"abd")));
+    c.on_bytes(&response(seen[1].id(), Response::CopyFromLogical(b"short")));
+    let hw = Err(CallError::Status(Status::Known(ReturnCode::Hardware)));
+    assert_eq!(c.poll(e), Some(hw.clone()));
+    assert_eq!(c.poll(r), Some(hw));
+    let again = c.echo(b"ok");
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::Echo(b"ok")));
+    assert_eq!(c.poll(again), Some(Ok(Reply::Echo(b"ok".to_vec()))));
+}
+
+#[test]
+fn forged_response_after_damage_cannot_answer_a_copy_from() {
+    let (mut c, mut h) = up(1);
+    let r1 = c.copy_from(0x3000, 64);
+    let r2 = c.copy_from(0x5000, 16);
+    let first = h.read(&mut c);
+    let (id1, id2) = (first[0].id(), first[1].id());
+    // Another partition wrote bytes into shared memory that look like an
+    // answer to r2; r1's answer carries them and is damaged in transit.
+    let forged = response(id2, Response::CopyFromLogical(b"FORGED-FORGED-XX"));
+    let mut data = forged.clone();
+    data.resize(64, 0x55);
+    let mut outer = response(id1, Response::CopyFromLogical(&data));
+    outer[30] ^= 0xFF;
+    c.on_bytes(&outer);
+    assert!(c.stats().frame_errors >= 1);
+    assert!(c.stats().stray_responses >= 1, "the embedded frame was seen and dropped");
+    assert!(!c.is_done(r1) && !c.is_done(r2), "nothing completed from damaged input");
+    // Both reads were asked again under new ids.
+    let retry = h.read(&mut c);
+    assert_eq!(retry.len(), 2);
+    assert!(retry.iter().all(|s| s.id() != id1 && s.id() != id2));
+    let reqs: Vec<_> = retry.iter().map(|s| s.request()).collect();
+    assert!(reqs.contains(&Request::CopyFromLogical { laddr: 0x5000, len: 16 }));
+    for s in &retry {
+        match s.request() {
+            Request::CopyFromLogical { len: 16, .. } => c.on_bytes(&response(s.id(), Response::CopyFromLogical(b"0123456789abcdef"))),
+            _ => c.on_bytes(&response(s.id(), Response::CopyFromLogical(&[1u8; 64]))),
+        }
+    }
+    assert_eq!(c.poll(r2), Some(Ok(Reply::Read(b"0123456789abcdef".to_vec()))));
+    assert_eq!(c.poll(r1), Some(Ok(Reply::Read(std::vec![1u8; 64]))));
+}
+
+#[test]
+fn copy_from_gives_up_after_repeated_damage() {
+    let (mut c, mut h) = up(1);
+    let r = c.copy_from(0x3000, 8);
+    for _ in 0..=MAX_COPY_FROM_RETRIES {
+        assert!(!c.is_done(r));
+        let _ = h.read(&mut c);
+        c.on_bytes(b"LPHC0123456789012345678901234567"); // a broken header
+    }
+    assert_eq!(c.poll(r), Some(Err(CallError::Corrupt)));
+}
+
+#[test]
+fn events_are_checked_against_what_the_guest_knows() {
+    let (mut c, _h) = up(1);
+    let k = Cookie::from_u128(0x11);
+    let stranger = Cookie::from_u128(0x99);
+    c.on_bytes(&event(Event::Rescinded { cookie: stranger, laddr: None, forced: true }));
+    c.on_bytes(&event(Event::ReturnRequested { cookie: stranger }));
+    c.on_bytes(&event(Event::OwnerFailure { owner: name("lp0"), grace_ms: 2000 }));
+    assert_eq!(c.next_event(), None, "nothing known yet");
+    assert_eq!(c.stats().events_dropped, 3);
+    c.on_bytes(&event(Event::Granted { cookie: k, length: 8192, from: name("lp0") }));
+    assert_eq!(c.next_event(), Some(Event::Granted { cookie: k, length: 8192, from: name("lp0") }));
+    assert_eq!(c.grant_record(&k), Some(GrantRecord { length: 8192, from: Some(name("lp0")) }));
+    c.on_bytes(&event(Event::OwnerFailure { owner: name("lp7"), grace_ms: 2000 }));
+    assert_eq!(c.next_event(), None, "lp7 granted us nothing");
+    c.on_bytes(&event(Event::OwnerFailure { owner: name("lp0"), grace_ms: 2000 }));
+    assert_eq!(c.next_event(), Some(Event::OwnerFailure { owner: name("lp0"), grace_ms: 2000 }));
+    c.on_bytes(&event(Event::Slot { slot: 3, state: hypercall_abi::SlotState::Added }));
+    assert!(matches!(c.next_event(), Some(Event::Slot { slot: 3, .. })));
+    // Normal rescind of an unaccepted grant: the cookie is forgotten.
+    c.on_bytes(&event(Event::Rescinded { cookie: k, laddr: None, forced: false }));
+    assert!(matches!(c.next_event(), Some(Event::Rescinded { .. })));
+    assert_eq!(c.grant_record(&k), None);
+}
+
+#[test]
+fn h_state_makes_the_client_hello_again_and_retry() {
+    let (mut c, mut h) = up(100);
+    let a = c.echo(b"one");
+    let b = c.echo(b"two");
+    let seen = h.read(&mut c);
+    // lparhv restarted: both requests reach the new instance without a session.
+    c.on_bytes(&failed(seen[0].id(), hypercall_abi::Opcode::Echo, ReturnCode::State));
+    assert_eq!(c.next_notice(), Some(Notice::SessionLost));
+    assert_eq!(c.state(), SessionState::Negotiating);
+    let hello = h.read(&mut c);
+    assert_eq!(hello.len(), 1);
+    match hello[0].request() {
+        Request::Hello(x) => assert_eq!(x.nonce, 0xABCD),
+        other => panic!("{other:?}"),
+    }
+    c.on_bytes(&response(hello[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 200 })));
+    assert_eq!(c.next_notice(), Some(Notice::Up { version: 1, host_session: 200, renegotiated: true, host_changed: true }));
+    // The second old request also gets H_STATE, after the new session is
+    // up: it is sent again without another HELLO.
+    c.on_bytes(&failed(seen[1].id(), hypercall_abi::Opcode::Echo, ReturnCode::State));
+    let resent = h.read(&mut c);
+    let reqs: Vec<_> = resent.iter().map(|s| s.request()).collect();
+    assert_eq!(reqs, [Request::Echo(b"one"), Request::Echo(b"two")]);
+    assert_eq!(c.stats().hellos_sent, 2);
+    c.on_bytes(&response(resent[1].id(), Response::Echo(b"two")));
+    c.on_bytes(&response(resent[0].id(), Response::Echo(b"one")));
+    assert_eq!(c.poll(a), Some(Ok(Reply::Echo(b"one".to_vec()))));
+    assert_eq!(c.poll(b), Some(Ok(Reply::Echo(b"two".to_vec()))));
+}
+
+/// Accept `cookie` anywhere; the host places it at `laddr`.
+fn accept(c: &mut Client, h: &mut Host, cookie: Cookie, laddr: u64, len: u64) -> Mapping {
+    let a = c.accept(cookie, Placement::Anywhere);
+    let seen = h.read(c);
+    assert_eq!(seen[0].request(), Request::AcceptLogical { cookie, laddr: None });
+    c.on_bytes(&response(seen[0].id(), Response::AcceptLogical { laddr, length: len }));
+    match c.poll(a) {
+        Some(Ok(Reply::Accepted(m))) => m,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn forced_rescind_is_confined_to_its_mapping() {
+    let (mut c, mut h) = up(1);
+    let (ka, kb) = (Cookie::from_u128(0xA), Cookie::from_u128(0xB));
+    c.on_bytes(&event(Event::Granted { cookie: ka, length: 0x2000, from: name("lp0") }));
+    c.on_bytes(&event(Event::Granted { cookie: kb, length: 0x1000, from: name("lp2") }));
+    let ma = accept(&mut c, &mut h, ka, 0x10_0000, 0x2000);
+    let mb = accept(&mut c, &mut h, kb, 0x20_0000, 0x1000);
+    assert_eq!(ma, Mapping { cookie: ka, laddr: 0x10_0000, len: 0x2000 });
+    assert_eq!(c.mapping_at(0x10_1fff).map(|m| m.mapping), Some(ma));
+    assert_eq!(c.mapping_at(0x10_2000), None);
+    // Forced rescind of A.
+    c.on_bytes(&event(Event::Rescinded { cookie: ka, laddr: Some(ma.laddr), forced: true }));
+    assert!(matches!(c.next_event(), Some(Event::Granted { .. })));
+    assert!(matches!(c.next_event(), Some(Event::Granted { .. })));
+    assert!(matches!(c.next_event(), Some(Event::Rescinded { forced: true, .. })));
+    assert!(c.mapping_at(ma.laddr).unwrap().dead);
+    assert!(!c.mapping_at(mb.laddr).unwrap().dead);
+    // A use of A fails with H_RESCINDED; B keeps working.
+    let ra = c.copy_from(ma.laddr + 16, 16);
+    let rb = c.copy_to(mb.laddr, b"still fine");
+    let seen = h.read(&mut c);
+    c.on_bytes(&failed(seen[0].id(), hypercall_abi::Opcode::CopyFromLogical, ReturnCode::Rescinded));
+    c.on_bytes(&response(seen[1].id(), Response::CopyToLogical));
+    assert_eq!(c.poll(ra).unwrap().unwrap_err().rc(), -46);
+    assert_eq!(c.poll(rb), Some(Ok(Reply::Written)));
+    // Owner lp2 fails: only B is to be returned for it.
+    assert_eq!(c.mappings_from(&name("lp2")), [mb]);
+    // Return A: the record is gone before the request is on the wire.
+    let ret = c.return_mapping(ma.laddr);
+    assert!(c.mapping_at(ma.laddr).is_none(), "record destroyed before RETURN is sent");
+    let seen = h.read(&mut c);
+    assert_eq!(seen[0].request(), Request::ReturnLogical { laddr: ma.laddr });
+    c.on_bytes(&response(seen[0].id(), Response::ReturnLogical));
+    assert_eq!(c.poll(ret), Some(Ok(Reply::Returned)));
+    assert!(c.mapping_at(ma.laddr).is_none());
+    assert_eq!(c.mappings().count(), 1);
+}
+
+#[test]
+fn h_rescinded_answer_marks_the_mapping_dead_without_an_event() {
+    let (mut c, mut h) = up(1);
+    let k = Cookie::from_u128(5);
+    let m = accept(&mut c, &mut h, k, 0x4000, 0x1000);
+    let w = c.copy_to(m.laddr + 0x800, b"z");
+    let seen = h.read(&mut c);
+    c.on_bytes(&failed(seen[0].id(), hypercall_abi::Opcode::CopyToLogical, ReturnCode::Rescinded));
+    assert!(c.poll(w).unwrap().unwrap_err().is(ReturnCode::Rescinded));
+    assert!(c.mapping_at(m.laddr).unwrap().dead);
+}
+
+#[test]
+fn refused_return_gives_the_record_back() {
+    let (mut c, mut h) = up(1);
+    let k = Cookie::from_u128(6);
+    let m = accept(&mut c, &mut h, k, 0x8000, 0x1000);
+    let r = c.return_mapping(m.laddr);
+    assert!(c.mapping_at(m.laddr).is_none());
+    let seen = h.read(&mut c);
+    c.on_bytes(&failed(seen[0].id(), hypercall_abi::Opcode::ReturnLogical, ReturnCode::InUse));
+    assert!(c.poll(r).unwrap().unwrap_err().is(ReturnCode::InUse));
+    assert_eq!(c.mapping_at(m.laddr).map(|x| x.mapping), Some(m), "sub-grants stand: still ours");
+}
+
+#[test]
+fn accept_answers_that_contradict_the_request_are_rejected() {
+    let (mut c, mut h) = up(1);
+    let k = Cookie::from_u128(8);
+    let a = c.accept(k, Placement::At(0x10000));
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::AcceptLogical { laddr: 0x20000, length: 4096 }));
+    assert!(c.poll(a).unwrap().is_err());
+    assert_eq!(c.mappings().count(), 0);
+    let _m = accept(&mut c, &mut h, k, 0x30000, 0x2000);
+    // An overlapping placement is not recorded.
+    let b = c.accept(Cookie::from_u128(9), Placement::Anywhere);
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::AcceptLogical { laddr: 0x31000, length: 0x1000 }));
+    assert!(c.poll(b).unwrap().is_err());
+    assert_eq!(c.mappings().count(), 1);
+}
+
+#[test]
+fn every_typed_call_goes_out_as_its_request() {
+    let (mut c, mut h) = up(1);
+    let k = Cookie::from_u128(3);
+    let p = name("lp2");
+    let handles = [
+        c.grant(0x1000, 0x100, p),
+        c.rescind(k, true),
+        c.query_grants(0),
+        c.register_events(name("vios1"), hypercall_abi::EventMask::ALL),
+        c.pause_complete(name("vios1"), 77),
+        c.deact(p),
+        c.act(p),
+        c.add_pci(4),
+        c.rem_pci(4, p),
+        c.set_cpu_share(None, 50),
+    ];
+    let seen = h.read(&mut c);
+    let reqs: Vec<_> = seen.iter().map(|s| s.request()).collect();
+    assert_eq!(
+        reqs,
+        [
+            Request::GrantLogical { laddr: 0x1000, length: 0x100, to: p },
+            Request::RescindLogical { cookie: k, force: true },
+            Request::QueryGrants { start: 0 },
+            Request::RegisterEvents { server: name("vios1"), mask: hypercall_abi::EventMask::ALL },
+            Request::PauseComplete { server: name("vios1"), pause_id: 77 },
+            Request::Deact { partition: p },
+            Request::Act { partition: p },
+            Request::AddPci { slot: 4 },
+            Request::RemPci { slot: 4, partition: p },
+            Request::SetCpuShare { partition: None, percent: 50 },
+        ]
+    );
+    let answers = [
+        Response::GrantLogical { cookie: Cookie::from_u128(44) },
+        Response::RescindLogical,
+        Response::QueryGrants { total: 0, entries: hypercall_abi::GrantList::Slice(&[]) },
+        Response::RegisterEvents { mask: hypercall_abi::EventMask::ALL },
+        Response::PauseComplete,
+        Response::Deact,
+        Response::Act,
+        Response::AddPci,
+        Response::RemPci,
+        Response::SetCpuShare,
+    ];
+    for (s, a) in seen.iter().zip(answers) {
+        c.on_bytes(&response(s.id(), a));
+    }
+    let results: Vec<_> = handles.iter().map(|h| c.poll(*h).unwrap().unwrap()).collect();
+    assert_eq!(results[0], Reply::Granted(Cookie::from_u128(44)));
+    assert_eq!(results[3], Reply::Registered(hypercall_abi::EventMask::ALL));
+    assert!(results[4..].iter().all(|r| *r == Reply::Done));
+    // A call the encoder refuses fails locally and sends nothing.
+    let bad = c.set_cpu_share(None, 0);
+    assert!(matches!(c.poll(bad), Some(Err(CallError::Invalid(_)))));
+    let big = c.copy_to(0, &[0u8; 5000]);
+    assert!(matches!(c.poll(big), Some(Err(CallError::Invalid(_)))));
+    assert!(h.read(&mut c).is_empty());
+}
+
+#[test]
+fn byte_at_a_time_and_garbage_never_panic() {
+    let (mut c, mut h) = up(1);
+    let e = c.echo(&[7u8; 300]);
+    let seen = h.read(&mut c);
+    let mut stream = b"garbage LPHC more garbage".to_vec();
+    stream.extend(response(seen[0].id(), Response::Echo(&[7u8; 300])));
+    for b in &stream {
+        c.on_bytes(core::slice::from_ref(b));
+    }
+    assert_eq!(c.poll(e), Some(Ok(Reply::Echo(std::vec![7u8; 300]))));
+    // Pseudo-random junk, including fragments of real frames.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let frame = event(Event::Granted { cookie: Cookie::from_u128(1), length: 1, from: name("a") });
+    for round in 0..2000 {
+        let mut junk = Vec::new();
+        for _ in 0..(round % 97) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            junk.push(x as u8);
+        }
+        if round % 3 == 0 {
+            let cut = (x as usize) % frame.len();
+            junk.extend_from_slice(&frame[..cut]);
+        }
+        c.on_bytes(&junk);
+    }
+    let _ = h.read(&mut c);
+    assert!(c.is_up());
+}
+
+#[test]
+fn cancel_drops_a_late_answer() {
+    let (mut c, mut h) = up(1);
+    let e = c.echo(b"slow");
+    let seen = h.read(&mut c);
+    c.cancel(e);
+    c.on_bytes(&response(seen[0].id(), Response::Echo(b"slow")));
+    assert_eq!(c.poll(e), None);
+    assert_eq!(c.stats().stray_responses, 1);
+}
+
+#[test]
+fn lost_hello_can_be_sent_again() {
+    let mut c = Client::new(42, None);
+    let mut h = Host::new();
+    let first = h.read(&mut c);
+    c.retry_hello();
+    let second = h.read(&mut c);
+    assert_eq!(second.len(), 1);
+    assert_ne!(first[0].id(), second[0].id());
+    c.on_bytes(&response(first[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 1 })));
+    assert!(!c.is_up(), "an answer to the forgotten HELLO is stray");
+    c.on_bytes(&response(second[0].id(), Response::Hello(HelloReply { version: 1, max_payload: 8192, host_session: 1 })));
+    assert!(c.is_up());
+    c.retry_hello();
+    assert!(h.read(&mut c).is_empty(), "no HELLO once the session is up");
+}

@@ -1,0 +1,351 @@
+//! QEMU integration tests of the guest's hypercall client (docs/hcall-guest.md)
+//! against a small fake hypercall host built on `hypercall-abi`: it serves
+//! one unix socket (bound before QEMU starts), writes its sync preamble,
+//! answers HELLO, ECHO, ACCEPT / COPY_TO / COPY_FROM / RETURN over one
+//! in-memory region, and pushes events on request. It is a test double,
+//! not lparhv's server.
+
+use hypercall_abi::{
+    answer_hello, Cookie, Decoder, Event, Message, Name, Request, Response, ReturnCode, MAX_FRAME, SYNC_PREAMBLE_LEN,
+};
+use lparhv::pattern;
+use lparhv::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+fn kernel() -> PathBuf {
+    let k = qemu::default_kernel();
+    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
+    k
+}
+
+/// A scratch directory removed at the end of the test.
+struct Scratch(PathBuf);
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lparos-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const REGION_LEN: usize = 128 * 1024;
+const REGION_LADDR: u64 = 0x4000_0000;
+
+/// What the fake host saw, for the test's assertions.
+#[derive(Default)]
+struct Seen {
+    hellos: u64,
+    echoes: u64,
+    requests_before_hello: u64,
+    frame_errors: u64,
+    returned: bool,
+}
+
+struct FakeHost {
+    stop: Arc<AtomicBool>,
+    push: Sender<Event>,
+    thread: Option<JoinHandle<()>>,
+    seen: Arc<Mutex<Seen>>,
+    region: Arc<Mutex<Vec<u8>>>,
+    /// Grants the guest may accept (cookie → accepted?).
+    grants: Arc<Mutex<HashMap<Cookie, Option<u64>>>>,
+    /// Forced-rescinded logical addresses.
+    rescinded: Arc<Mutex<Vec<u64>>>,
+    session: Arc<AtomicU64>,
+}
+
+impl FakeHost {
+    /// Bind the socket now (before QEMU starts) and serve it on a thread.
+    fn start(path: &Path) -> FakeHost {
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (push, events) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let region = Arc::new(Mutex::new(vec![0u8; REGION_LEN]));
+        let grants = Arc::new(Mutex::new(HashMap::new()));
+        let rescinded = Arc::new(Mutex::new(Vec::new()));
+        let session = Arc::new(AtomicU64::new(0x5e55_1011_0000_0001));
+        let ctx = Ctx {
+            stop: stop.clone(),
+            seen: seen.clone(),
+            region: region.clone(),
+            grants: grants.clone(),
+            rescinded: rescinded.clone(),
+            session: session.clone(),
+        };
+        let thread = std::thread::spawn(move || ctx.serve(listener, events));
+        FakeHost { stop, push, thread: Some(thread), seen, region, grants, rescinded, session }
+    }
+}
+
+impl Drop for FakeHost {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Ctx {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    region: Arc<Mutex<Vec<u8>>>,
+    grants: Arc<Mutex<HashMap<Cookie, Option<u64>>>>,
+    rescinded: Arc<Mutex<Vec<u64>>>,
+    session: Arc<AtomicU64>,
+}
+
+impl Ctx {
+    fn serve(self, listener: UnixListener, events: Receiver<Event>) {
+        let stream = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut out = stream.try_clone().unwrap();
+        out.write_all(&vec![0u8; SYNC_PREAMBLE_LEN]).unwrap();
+        let mut dec = Box::new(Decoder::new());
+        let mut buf = vec![0u8; 16384];
+        let mut frame = vec![0u8; MAX_FRAME];
+        let mut up = false;
+        let mut reader: UnixStream = stream;
+        while !self.stop.load(Ordering::SeqCst) {
+            while up {
+                let Ok(e) = events.try_recv() else { break };
+                let n = e.encode(1, &mut frame).unwrap();
+                if out.write_all(&frame[..n]).is_err() {
+                    return;
+                }
+            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                Err(_) => return,
+            };
+            let mut replies: Vec<Vec<u8>> = Vec::new();
+            dec.push(&buf[..n], |item| {
+                let f = match item {
+                    Ok(f) => f,
+                    Err(_) => {
+                        self.seen.lock().unwrap().frame_errors += 1;
+                        return;
+                    }
+                };
+                let (id, request) = match Message::decode(&f) {
+                    Ok(Message::Request { id, request }) => (id, request),
+                    Ok(_) => return,
+                    Err(e) => {
+                        if let Some((id, r)) = e.error_reply() {
+                            replies.push(encode(id, r));
+                        }
+                        return;
+                    }
+                };
+                if let Request::Hello(h) = request {
+                    up = true;
+                    self.seen.lock().unwrap().hellos += 1;
+                    replies.push(encode(id, answer_hello(&h, self.session.load(Ordering::SeqCst))));
+                    return;
+                }
+                if !up {
+                    self.seen.lock().unwrap().requests_before_hello += 1;
+                    replies.push(encode(id, Response::failed(request.opcode() as u16, ReturnCode::State)));
+                    return;
+                }
+                replies.push(self.answer(id, request));
+            });
+            for r in replies {
+                if out.write_all(&r).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn range_ok(&self, laddr: u64, len: usize) -> Result<usize, ReturnCode> {
+        if self.rescinded.lock().unwrap().iter().any(|a| *a == REGION_LADDR && laddr >= *a) {
+            return Err(ReturnCode::Rescinded);
+        }
+        let accepted = self.grants.lock().unwrap().values().any(|v| *v == Some(REGION_LADDR));
+        if !accepted || laddr < REGION_LADDR {
+            return Err(ReturnCode::NotFound);
+        }
+        let off = (laddr - REGION_LADDR) as usize;
+        if off + len > REGION_LEN {
+            return Err(ReturnCode::Parameter);
+        }
+        Ok(off)
+    }
+
+    fn answer(&self, id: u32, request: Request<'_>) -> Vec<u8> {
+        let op = request.opcode() as u16;
+        let fail = |code| encode(id, Response::failed(op, code));
+        match request {
+            Request::Echo(d) => {
+                self.seen.lock().unwrap().echoes += 1;
+                encode(id, Response::Echo(d))
+            }
+            Request::AcceptLogical { cookie, laddr } => {
+                let mut grants = self.grants.lock().unwrap();
+                match grants.get_mut(&cookie) {
+                    None => fail(ReturnCode::NotFound),
+                    Some(Some(_)) => fail(ReturnCode::RState),
+                    Some(slot) => {
+                        if laddr.is_some_and(|a| a != REGION_LADDR) {
+                            return fail(ReturnCode::Parameter);
+                        }
+                        *slot = Some(REGION_LADDR);
+                        encode(id, Response::AcceptLogical { laddr: REGION_LADDR, length: REGION_LEN as u64 })
+                    }
+                }
+            }
+            Request::CopyToLogical { laddr, data } => match self.range_ok(laddr, data.len()) {
+                Ok(off) => {
+                    self.region.lock().unwrap()[off..off + data.len()].copy_from_slice(data);
+                    encode(id, Response::CopyToLogical)
+                }
+                Err(c) => fail(c),
+            },
+            Request::CopyFromLogical { laddr, len } => match self.range_ok(laddr, len as usize) {
+                Ok(off) => {
+                    let region = self.region.lock().unwrap();
+                    encode(id, Response::CopyFromLogical(&region[off..off + len as usize]))
+                }
+                Err(c) => fail(c),
+            },
+            Request::ReturnLogical { laddr } => {
+                let mut grants = self.grants.lock().unwrap();
+                match grants.iter_mut().find(|(_, v)| **v == Some(laddr)) {
+                    Some((_, v)) => {
+                        *v = None;
+                        self.rescinded.lock().unwrap().retain(|a| *a != laddr);
+                        self.seen.lock().unwrap().returned = true;
+                        encode(id, Response::ReturnLogical)
+                    }
+                    None => fail(ReturnCode::NotFound),
+                }
+            }
+            _ => fail(ReturnCode::Function),
+        }
+    }
+}
+
+fn encode(id: u32, r: Response<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = r.encode(1, id, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn guest(name: &str, cmdline: &str, sock: &Path) -> Guest {
+    let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
+    let mut s = GuestSpec::new(name, &kernel(), d.accel);
+    s.cmdline = cmdline.into();
+    s.extra = [
+        "-chardev".to_string(),
+        format!("socket,id=hc,path={},reconnect=1", sock.display()),
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-device".into(),
+        "virtconsole,chardev=hc,name=lparos.hcall".into(),
+    ]
+    .to_vec();
+    Guest::spawn(&s, false).unwrap()
+}
+
+#[test]
+fn guest_echoes_over_the_hypercall_channel() {
+    let dir = Scratch::new("hcall-echo");
+    let sock = dir.0.join("hc.sock");
+    let host = FakeHost::start(&sock);
+    let started = Instant::now();
+    let mut g = guest("hcall-echo", "quiet hcall=on hcall_test=echo:100", &sock);
+    let (up, _) = g.wait_event("hcall_up", Duration::from_secs(60)).unwrap();
+    assert_eq!(up.get("version"), Some("1"), "{up:?}");
+    assert_eq!(up.get("session"), Some("5e55101100000001"), "{up:?}");
+    let (ev, _) = g.wait_event("hcall_echo", Duration::from_secs(60)).unwrap();
+    assert_eq!((ev.get("ok"), ev.get("count")), (Some("1"), Some("100")), "{ev:?}");
+    eprintln!("accel {:?}: {ev:?}", qemu::choose_accel(AccelChoice::Auto, &kernel()).map(|d| d.accel));
+    let p50: u64 = ev.get("p50_us").unwrap().parse().unwrap();
+    let max: u64 = ev.get("max_us").unwrap().parse().unwrap();
+    assert!(p50 > 0 && p50 <= max, "{ev:?}");
+    assert_eq!(g.wait_exit(Duration::from_secs(10)).unwrap(), GuestExit::Code(0));
+    assert!(started.elapsed() < Duration::from_secs(120));
+    {
+        let seen = host.seen.lock().unwrap();
+        assert_eq!(seen.hellos, 1);
+        assert_eq!(seen.requests_before_hello, 0, "nothing before HELLO");
+        assert!(seen.echoes >= 100, "{} echoes", seen.echoes);
+        assert_eq!(seen.frame_errors, 0, "the guest sent only well-formed frames");
+    }
+    drop(host);
+    drop(dir);
+    assert!(!sock.exists(), "socket left behind");
+}
+
+#[test]
+fn guest_shares_memory_and_survives_a_forced_rescind() {
+    let dir = Scratch::new("hcall-share");
+    let sock = dir.0.join("hc.sock");
+    let host = FakeHost::start(&sock);
+    let cookie = Cookie::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+    host.grants.lock().unwrap().insert(cookie, None);
+    let mut g = guest("hcall-share", "quiet hcall=on hcall_test=share:77", &sock);
+    g.wait_event("hcall_up", Duration::from_secs(60)).unwrap();
+    host.push.send(Event::Granted { cookie, length: REGION_LEN as u64, from: Name::new("lp0").unwrap() }).unwrap();
+    let (w, _) = g.wait_event("share_written", Duration::from_secs(60)).unwrap();
+    assert_eq!(w.get("ok"), Some("1"), "{w:?}");
+    assert_eq!(w.get("len"), Some("65536"));
+    assert_eq!(w.get("laddr"), Some("40000000"));
+    assert_eq!(w.get("cookie"), Some("0123456789abcdef0011223344556677"));
+    // What the guest wrote is the documented pattern, and nothing more.
+    {
+        let region = host.region.lock().unwrap();
+        let expected = pattern::pattern_bytes(77, 65536 / 512);
+        assert!(region[..65536] == expected[..], "pattern differs");
+        assert!(region[65536..].iter().all(|b| *b == 0), "wrote past 64 KiB");
+    }
+    // Forced rescind while the guest holds the mapping.
+    host.rescinded.lock().unwrap().push(REGION_LADDR);
+    host.push.send(Event::Rescinded { cookie, laddr: Some(REGION_LADDR), forced: true }).unwrap();
+    let (r, _) = g.wait_event("share_rescinded", Duration::from_secs(30)).unwrap();
+    assert_eq!(r.get("forced"), Some("1"));
+    let (a, _) = g.wait_event("share_access", Duration::from_secs(30)).unwrap();
+    assert_eq!(a.get("rc"), Some("-46"));
+    let (ret, _) = g.wait_event("share_returned", Duration::from_secs(30)).unwrap();
+    assert_eq!((ret.get("reason"), ret.get("rc")), (Some("rescinded"), Some("0")), "{ret:?}");
+    // The rest of the guest keeps working.
+    let (alive, _) = g.wait_event("alive", Duration::from_secs(30)).unwrap();
+    assert!(alive.get("n").is_some());
+    assert!(g.is_running());
+    assert!(host.seen.lock().unwrap().returned);
+    assert_eq!(host.session.load(Ordering::SeqCst), 0x5e55_1011_0000_0001);
+    g.kill();
+    drop(host);
+    drop(dir);
+    assert!(!sock.exists(), "socket left behind");
+}
