@@ -11,6 +11,7 @@
 pub mod owner;
 pub mod pattern;
 pub mod qemu;
+pub mod qmp;
 pub mod vswitch;
 
 pub use lparos_kernel::event::{parse as parse_event, Event};
