@@ -12,6 +12,7 @@ extern crate alloc;
 pub mod msix;
 pub mod pattern;
 pub mod pci;
+pub mod pcihp;
 pub mod virtio;
 
 pub use virtio_drivers;

@@ -280,6 +280,17 @@ impl<C: ConfigurationAccess + Clone> Pci<C> {
         self.windows[0].as_ref().map_or(0, Window::free_bytes)
     }
 
+    /// Free bytes over every window (root and bridges): the figure a
+    /// hot-plug leak check compares.
+    pub fn free_bytes(&self) -> u64 {
+        self.windows.iter().flatten().map(Window::free_bytes).sum()
+    }
+
+    /// Secondary bus number of a bridge the registry set up.
+    pub fn secondary_bus(&self, bridge: DeviceFunction) -> Option<u8> {
+        self.bridges.get(&bridge).map(|b| b.secondary)
+    }
+
     /// Walk bus 0 and every bus behind a bridge. New functions get bus
     /// numbers (bridges), BARs and memory + bus-master enabled; functions
     /// that no longer answer are forgotten and their BARs freed.

@@ -44,6 +44,8 @@ pub enum Error {
     QueueFull,
     /// The device does not offer a feature the driver needs.
     Unsupported(&'static str),
+    /// The driver was released (hot-unplug): no more requests.
+    Removed,
 }
 
 impl From<virtio_drivers::Error> for Error {
@@ -62,6 +64,7 @@ impl fmt::Display for Error {
             Error::Protocol(what) => write!(f, "device protocol violation: {what}"),
             Error::QueueFull => write!(f, "queue full"),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::Removed => write!(f, "device removed"),
         }
     }
 }

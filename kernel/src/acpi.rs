@@ -33,10 +33,14 @@ pub struct Platform {
     pub smi_cmd: u32,
     pub acpi_enable: u8,
     pub pm1a_evt: Option<u16>,
+    /// PM1 event block length in bytes (status half, then enable half).
+    pub pm1_evt_len: u8,
     pub pm1a_cnt: Option<u16>,
     pub gpe0: Option<(u16, u8)>,
     /// SLP_TYP for S5 read from the DSDT's `_S5_` package.
     pub s5_sleep_type: u8,
+    /// Physical address of the DSDT.
+    pub dsdt: Option<u64>,
 }
 
 static PLATFORM: Once<Platform> = Once::new();
@@ -90,6 +94,7 @@ pub fn init(rsdp: u64) -> Result<&'static Platform, acpi::AcpiError> {
         r.ok().filter(|g| g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0).map(|g| g.address as u16)
     };
     let pm1a_evt = io_port(f.pm1a_event_block());
+    let pm1_evt_len = f.pm1a_event_block().map(|g| g.bit_width / 8).unwrap_or(0);
     let pm1a_cnt = io_port(f.pm1a_control_block());
     let gpe0 = f
         .gpe0_block()
@@ -97,7 +102,8 @@ pub fn init(rsdp: u64) -> Result<&'static Platform, acpi::AcpiError> {
         .flatten()
         .filter(|g| g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0)
         .map(|g| (g.address as u16, g.bit_width / 8));
-    let s5_sleep_type = f.dsdt_address().ok().and_then(|dsdt| find_s5_sleep_type(dsdt as u64)).unwrap_or(0);
+    let dsdt = f.dsdt_address().ok().map(|a| a as u64);
+    let s5_sleep_type = dsdt.and_then(find_s5_sleep_type).unwrap_or(0);
 
     Ok(PLATFORM.call_once(|| Platform {
         lapic_base,
@@ -108,9 +114,11 @@ pub fn init(rsdp: u64) -> Result<&'static Platform, acpi::AcpiError> {
         smi_cmd: f.smi_cmd_port,
         acpi_enable: f.acpi_enable,
         pm1a_evt,
+        pm1_evt_len,
         pm1a_cnt,
         gpe0,
         s5_sleep_type,
+        dsdt,
     }))
 }
 
@@ -123,15 +131,7 @@ pub fn platform() -> Option<&'static Platform> {
 /// and reading the first element of its package. lparos has no AML
 /// interpreter (none builds on stable); this one object is simple enough.
 fn find_s5_sleep_type(dsdt: u64) -> Option<u8> {
-    let header = paging::map(dsdt, 36, Access::ReadOnly).ok()?;
-    // SAFETY: the 36-byte SDT header at the FADT's DSDT address, mapped above.
-    let len = unsafe { core::ptr::read_unaligned((header + 4) as *const u32) } as u64;
-    if !(36..=16 << 20).contains(&len) {
-        return None;
-    }
-    let base = paging::map(dsdt, len, Access::ReadOnly).ok()?;
-    // SAFETY: the whole table, `len` bytes as its header says, mapped above.
-    let aml = unsafe { core::slice::from_raw_parts(base as *const u8, len as usize) };
+    let aml = table_bytes(dsdt)?;
     let pos = aml.windows(4).position(|w| w == b"_S5_")?;
     // NameOp "_S5_" PackageOp PkgLength NumElements <first element>
     let mut i = pos + 4;
@@ -148,6 +148,25 @@ fn find_s5_sleep_type(dsdt: u64) -> Option<u8> {
         v if v < 8 => Some(v),
         _ => None,
     }
+}
+
+/// The bytes of the SDT at `addr` (header included), as long as its header says.
+fn table_bytes(addr: u64) -> Option<&'static [u8]> {
+    let header = paging::map(addr, 36, Access::ReadOnly).ok()?;
+    // SAFETY: the 36-byte SDT header at a table address from the FADT, mapped above.
+    let len = unsafe { core::ptr::read_unaligned((header + 4) as *const u32) } as u64;
+    if !(36..=16 << 20).contains(&len) {
+        return None;
+    }
+    let base = paging::map(addr, len, Access::ReadOnly).ok()?;
+    // SAFETY: the whole table, `len` bytes as its header says, mapped above
+    // read-only; firmware tables are never freed or changed.
+    Some(unsafe { core::slice::from_raw_parts(base as *const u8, len as usize) })
+}
+
+/// The DSDT (header and AML), if the FADT names one.
+pub fn dsdt_bytes() -> Option<&'static [u8]> {
+    table_bytes(platform()?.dsdt?)
 }
 
 /// ACPI soft-off (S5). Returns if the platform has no PM1a control block.

@@ -10,6 +10,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use drivers::msix::{Msix, VirtioCommonCfg, VIRTIO_NO_VECTOR};
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind, Pci, Window};
 use drivers::virtio::{self, Blk, BlkOp, Console, Net};
@@ -26,12 +27,37 @@ pub const PCI_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000 - 0xC000_0000);
 
 pub type Transport = PciTransport;
 
-/// A virtio disk.
+/// A virtio disk. It can be released while others hold it (hot-unplug):
+/// from then on every request fails with `virtio::Error::Removed`.
 pub struct BlockDevice {
     pub bdf: String,
+    pub df: DeviceFunction,
     vector: u8,
+    capacity: u64,
+    msix: Msix,
     reactor: Arc<Reactor>,
-    inner: Mutex<Blk<KernelHal, Transport>>,
+    inner: Mutex<Option<Blk<KernelHal, Transport>>>,
+    /// Set when removal starts: no new request is accepted.
+    removing: AtomicBool,
+    /// Requests inside `request` (submitted or about to be).
+    active: AtomicUsize,
+}
+
+/// Counts a request as in flight for as long as it lives (also when the
+/// waiting task is cancelled).
+struct Active<'a>(&'a AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::AcqRel);
+        Active(c)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A virtio NIC (the network stack in `net.rs` drives it).
@@ -55,16 +81,37 @@ const BLK_TIMEOUT_NS: u64 = 30_000_000_000;
 
 impl BlockDevice {
     pub fn capacity(&self) -> u64 {
-        self.inner.lock().capacity()
+        self.capacity
+    }
+
+    /// Whether removal has started (new requests are refused).
+    pub fn is_removing(&self) -> bool {
+        self.removing.load(Ordering::Acquire)
     }
 
     async fn request(&self, op: BlkOp, sector: u64, data: Vec<u8>) -> Result<Vec<u8>, virtio::Error> {
+        if self.is_removing() {
+            return Err(virtio::Error::Removed);
+        }
+        let _active = Active::new(&self.active);
+        let r = self.request_inner(op, sector, data).await;
+        if let Err(e) = &r {
+            if !matches!(e, virtio::Error::Removed | virtio::Error::BadRequest | virtio::Error::ReadOnly) {
+                // The device or its backend failed: Figure 17's error removal.
+                crate::hotplug::device_failed(self.df, e);
+            }
+        }
+        r
+    }
+
+    async fn request_inner(&self, op: BlkOp, sector: u64, data: Vec<u8>) -> Result<Vec<u8>, virtio::Error> {
         let deadline = self.reactor.now_ns() + BLK_TIMEOUT_NS;
         let mut data = Some(data);
         let id = loop {
             let wait = self.reactor.irq(self.vector);
             {
-                let mut d = self.inner.lock();
+                let mut guard = self.inner.lock();
+                let Some(d) = guard.as_mut() else { return Err(virtio::Error::Removed) };
                 d.collect();
                 if d.has_room() {
                     break d.submit(op, sector, data.take().unwrap_or_default())?;
@@ -78,7 +125,8 @@ impl BlockDevice {
         loop {
             let wait = self.reactor.irq(self.vector);
             {
-                let mut d = self.inner.lock();
+                let mut guard = self.inner.lock();
+                let Some(d) = guard.as_mut() else { return Err(virtio::Error::Removed) };
                 d.collect();
                 if let Some(r) = d.take(id) {
                     return r;
@@ -197,10 +245,11 @@ struct Registry {
 
 static REGISTRY: Once<Registry> = Once::new();
 
-/// Set up the registry over the ECAM range `(base, first_bus, last_bus)`.
-pub fn init(ecam: (u64, u8, u8), reactor: Arc<Reactor>) {
-    let (base, first, last) = ecam;
-    let pci = Pci::new(Ecam::new(base, first, last), last, Window::new(PCI_WINDOW.0, PCI_WINDOW.1));
+/// Set up the registry over a configuration access (ECAM from the MCFG
+/// table, or port I/O where there is none).
+pub fn init(cfg: Ecam, reactor: Arc<Reactor>) {
+    let last = cfg.last_bus();
+    let pci = Pci::new(cfg, last, Window::new(PCI_WINDOW.0, PCI_WINDOW.1));
     REGISTRY.call_once(|| Registry {
         pci: Mutex::new(pci),
         vectors: Mutex::new(VectorAllocator::new()),
@@ -216,18 +265,37 @@ pub fn alloc_vector() -> Option<u8> {
     REGISTRY.get()?.vectors.lock().alloc()
 }
 
+/// Raw configuration read (0xffff_ffff when PCI is not set up).
+pub fn config_read(bdf: DeviceFunction, offset: u8) -> u32 {
+    REGISTRY.get().map_or(0xffff_ffff, |r| r.pci.lock().read(bdf, offset))
+}
+
+/// Secondary bus of a bridge the PCI registry set up.
+pub fn secondary_bus(bridge: DeviceFunction) -> Option<u8> {
+    REGISTRY.get()?.pci.lock().secondary_bus(bridge)
+}
+
+/// A function the last scan saw, with its kind (bound or not).
+#[derive(Clone, Copy, Debug)]
+pub struct Added {
+    pub bdf: DeviceFunction,
+    pub kind: DeviceKind,
+    pub bound: bool,
+}
+
 /// Scan PCI and bind drivers to new functions. Safe to call again: only
-/// changes are acted on. Prints one `device` event per new function.
-pub fn probe() {
-    let Some(reg) = REGISTRY.get() else { return };
+/// changes are acted on. Prints one `device` event per new function and
+/// returns them. Functions that vanished are forgotten (their BAR space is
+/// freed); their drivers must have been released before (`release`).
+pub fn probe() -> Vec<Added> {
+    let mut added = Vec::new();
+    let Some(reg) = REGISTRY.get() else { return added };
     let mut pci = reg.pci.lock();
     let report = pci.scan();
     for f in &report.removed {
-        // Hot-unplug arrives with the ACPI hot-plug work; until then a
-        // vanished device is only reported (its driver is not torn down:
-        // virtio-drivers' transport waits for a reset the device can no
-        // longer acknowledge).
-        log::warn!("pci {}: function vanished", Bdf(f.bdf));
+        if reg.blks.lock().iter().any(|b| b.df == f.bdf) {
+            log::error!("pci {}: vanished while its driver is bound", Bdf(f.bdf));
+        }
         crate::console::event(crate::console::ev("device_removed").field("bdf", Bdf(f.bdf)));
     }
     for bdf in report.added {
@@ -242,14 +310,85 @@ pub fn probe() {
         log::info!("pci {} {:04x}:{:04x} class {:02x}.{:02x} kind {} bars {:x?}", Bdf(bdf), f.vendor, f.device, f.class, f.subclass, f.kind.name(), f.bars);
         let result = match (f.error, f.kind) {
             (Some(e), _) => Err(e.to_string()),
-            (None, DeviceKind::Other) => Ok(()),
-            (None, kind) => bind(reg, &mut pci, bdf, kind),
+            (None, DeviceKind::Other) => Ok(false),
+            (None, kind) => bind(reg, &mut pci, bdf, kind).map(|()| true),
         };
-        if let Err(error) = result {
-            log::warn!("pci {}: {}", Bdf(bdf), error);
-            crate::console::event(crate::console::ev("driver_error").field("device", Bdf(bdf)).field("error", &error));
+        match result {
+            Ok(bound) => added.push(Added { bdf, kind: f.kind, bound }),
+            Err(error) => {
+                log::warn!("pci {}: {}", Bdf(bdf), error);
+                crate::console::event(crate::console::ev("driver_error").field("device", Bdf(bdf)).field("error", &error));
+                added.push(Added { bdf, kind: f.kind, bound: false });
+            }
         }
     }
+    added
+}
+
+/// Longest wait for in-flight requests when a disk is released.
+const DRAIN_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Release the driver of `bdf` (before the device is ejected): refuse new
+/// requests, let in-flight ones finish (at most 5 s), reset the device and
+/// free its queues (dropping the driver), mask and disable MSI-X and give
+/// the vector back. Ok(false) if no driver was bound; Err if the bound
+/// driver cannot be released (only disks can, so far).
+pub async fn release(bdf: DeviceFunction) -> Result<bool, String> {
+    let Some(reg) = REGISTRY.get() else { return Ok(false) };
+    let blk = {
+        let mut blks = reg.blks.lock();
+        blks.iter().position(|b| b.df == bdf).map(|i| blks.remove(i))
+    };
+    let Some(blk) = blk else {
+        let name = format!("{}", Bdf(bdf));
+        if reg.nets.lock().iter().any(|n| n.bdf == name) || reg.consoles.lock().iter().any(|c| c.bdf == name) {
+            return Err("only virtio-blk drivers can be released".into());
+        }
+        return Ok(false);
+    };
+    blk.removing.store(true, Ordering::Release);
+    let deadline = reg.reactor.now_ns() + DRAIN_TIMEOUT_NS;
+    while blk.active.load(Ordering::Acquire) != 0 {
+        if reg.reactor.now_ns() >= deadline {
+            log::warn!("virtio-blk {}: {} requests still in flight after 5 s; resetting anyway", blk.bdf, blk.active.load(Ordering::Acquire));
+            break;
+        }
+        reg.reactor.sleep_ms(1).await;
+    }
+    // Dropping the driver resets the device (the transport waits for the
+    // reset to be acknowledged, so the device must still be present) and
+    // then frees the virtqueue memory; requests still queued are answered
+    // with `Removed`.
+    let driver = blk.inner.lock().take();
+    drop(driver);
+    blk.msix.mask_entry(&DeviceMemory, 0);
+    blk.msix.disable(&mut *reg.pci.lock());
+    reg.vectors.lock().free(blk.vector);
+    log::info!("virtio-blk {}: released", blk.bdf);
+    Ok(true)
+}
+
+/// Figures a hot-plug leak check compares.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub heap_used: u64,
+    pub vectors_free: usize,
+    pub bar_free: u64,
+}
+
+pub fn stats() -> Stats {
+    let (vectors_free, bar_free) = REGISTRY.get().map_or((0, 0), |r| (r.vectors.lock().free_count(), r.pci.lock().free_bytes()));
+    Stats { heap_used: crate::mm::heap_usage().1, vectors_free, bar_free }
+}
+
+/// Every bound disk.
+pub fn blks() -> Vec<Arc<BlockDevice>> {
+    REGISTRY.get().map(|r| r.blks.lock().clone()).unwrap_or_default()
+}
+
+/// The bound disk at `bdf`.
+pub fn blk(bdf: DeviceFunction) -> Option<Arc<BlockDevice>> {
+    REGISTRY.get()?.blks.lock().iter().find(|b| b.df == bdf).cloned()
 }
 
 fn bind(reg: &Registry, pci: &mut Pci<Ecam>, bdf: DeviceFunction, kind: DeviceKind) -> Result<(), String> {
@@ -281,7 +420,17 @@ fn bind_with(reg: &Registry, pci: &mut Pci<Ecam>, bdf: DeviceFunction, kind: Dev
             let blk = Blk::new(transport).map_err(|e| e.to_string())?;
             route(1)?;
             log::info!("virtio-blk {name}: {} sectors{}, MSI-X vector {vector:#x}", blk.capacity(), if blk.read_only() { " (read-only)" } else { "" });
-            reg.blks.lock().push(Arc::new(BlockDevice { bdf: name, vector, reactor: reg.reactor.clone(), inner: Mutex::new(blk) }));
+            reg.blks.lock().push(Arc::new(BlockDevice {
+                bdf: name,
+                df: bdf,
+                vector,
+                capacity: blk.capacity(),
+                msix,
+                reactor: reg.reactor.clone(),
+                inner: Mutex::new(Some(blk)),
+                removing: AtomicBool::new(false),
+                active: AtomicUsize::new(0),
+            }));
         }
         DeviceKind::Net => {
             let net = Net::new(transport).map_err(|e| e.to_string())?;

@@ -181,6 +181,11 @@ impl Reactor {
         self.alive.lock().contains_key(&id)
     }
 
+    /// Ids and names of the running tasks.
+    pub fn tasks(&self) -> Vec<(TaskId, &'static str)> {
+        self.alive.lock().iter().map(|(&id, &name)| (id, name)).collect()
+    }
+
     /// Names of the running tasks.
     pub fn task_names(&self) -> Vec<&'static str> {
         self.alive.lock().values().copied().collect()

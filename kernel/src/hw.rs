@@ -78,23 +78,45 @@ impl Mmio for DeviceMemory {
     }
 }
 
-/// PCIe ECAM configuration access. virtio-drivers' `MmioCam` keeps its
-/// pointer private and `PciRoot` hides its access, but bridge set-up and
-/// MSI-X need raw configuration reads and writes, so this copyable
-/// implementation of the same trait serves both. Each bus's 1 MiB of ECAM
-/// is mapped on first use.
+/// PCI configuration access: PCIe ECAM (q35, from the MCFG table) or the
+/// legacy 0xCF8/0xCFC port mechanism (pc has no MCFG). virtio-drivers'
+/// `MmioCam` keeps its pointer private and `PciRoot` hides its access, but
+/// bridge set-up and MSI-X need raw configuration reads and writes, so this
+/// copyable implementation of the same trait serves both. Each bus's 1 MiB
+/// of ECAM is mapped on first use.
 #[derive(Clone, Copy, Debug)]
 pub struct Ecam {
     base: u64,
     first_bus: u8,
     last_bus: u8,
+    /// Port I/O (configuration mechanism #1) instead of ECAM.
+    ports: bool,
 }
+
+const CONFIG_ADDRESS: u16 = 0xcf8;
+const CONFIG_DATA: u16 = 0xcfc;
 
 static MAPPED_BUSES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 impl Ecam {
     pub fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
-        Ecam { base, first_bus, last_bus }
+        Ecam { base, first_bus, last_bus, ports: false }
+    }
+
+    /// Configuration mechanism #1 through I/O ports 0xCF8/0xCFC, buses 0..=255.
+    pub fn port_io() -> Self {
+        Ecam { base: 0, first_bus: 0, last_bus: 255, ports: true }
+    }
+
+    /// Last bus number this access reaches.
+    pub fn last_bus(&self) -> u8 {
+        self.last_bus
+    }
+
+    fn port_address(df: DeviceFunction, offset: u8) -> Option<u32> {
+        (df.device < 32 && df.function < 8).then(|| {
+            0x8000_0000 | (df.bus as u32) << 16 | (df.device as u32) << 11 | (df.function as u32) << 8 | (offset & 0xfc) as u32
+        })
     }
 
     fn address(&self, df: DeviceFunction, offset: u8) -> Option<u64> {
@@ -113,6 +135,17 @@ impl Ecam {
 
 impl ConfigurationAccess for Ecam {
     fn read_word(&self, df: DeviceFunction, offset: u8) -> u32 {
+        if self.ports {
+            // Single CPU, and every configuration access goes through the
+            // PCI registry's lock: the address/data pair is not interleaved.
+            return match Self::port_address(df, offset) {
+                Some(a) => {
+                    crate::arch::x86_64::port::outl(CONFIG_ADDRESS, a);
+                    crate::arch::x86_64::port::inl(CONFIG_DATA)
+                }
+                None => 0xffff_ffff,
+            };
+        }
         match self.address(df, offset) {
             // SAFETY: inside the ECAM range from the MCFG table, mapped uncached, 4-byte aligned.
             Some(a) => unsafe { core::ptr::read_volatile(a as *const u32) },
@@ -121,6 +154,13 @@ impl ConfigurationAccess for Ecam {
     }
 
     fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
+        if self.ports {
+            if let Some(a) = Self::port_address(df, offset) {
+                crate::arch::x86_64::port::outl(CONFIG_ADDRESS, a);
+                crate::arch::x86_64::port::outl(CONFIG_DATA, data);
+            }
+            return;
+        }
         if let Some(a) = self.address(df, offset) {
             // SAFETY: as for `read_word`.
             unsafe { core::ptr::write_volatile(a as *mut u32, data) }

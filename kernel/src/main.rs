@@ -12,12 +12,15 @@ mod devices;
 mod exit;
 mod hcall;
 mod hcall_test;
+mod hotplug;
 mod hw;
 mod memfuncs;
 mod mm;
 mod net;
 mod pvh;
+mod sci;
 mod services;
+mod shutdown;
 mod time;
 
 use arch::x86_64::{cpu, gdt, idt, ioapic, lapic, paging, pic};
@@ -134,13 +137,13 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let reactor = Reactor::new(&CLOCK, &IRQS);
     let mut executor = Executor::new(reactor.clone());
 
-    match platform.ecam {
-        Some(ecam) => {
-            devices::init(ecam, reactor.clone());
-            devices::probe();
-        }
-        None => log::warn!("no MCFG table: PCI devices are not available"),
-    }
+    let cfg = match platform.ecam {
+        Some((base, first, last)) => hw::Ecam::new(base, first, last),
+        None => hw::Ecam::port_io(), // pc: no MCFG table
+    };
+    devices::init(cfg, reactor.clone());
+    devices::probe();
+    acpi_events(platform, &reactor);
 
     let ready_us = time::now_us();
     console::event(console::ev("ready").field("boot_us", ready_us).field("heap_kib", heap / 1024));
@@ -173,6 +176,22 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     log::info!("no task left; idling");
     loop {
         HaltPlatform.idle(None, &|| false);
+    }
+}
+
+/// ACPI events (SCI, GPE, power button) and PCI hot-plug; failures are
+/// reported and leave the rest of the system running.
+fn acpi_events(platform: &'static acpi::Platform, reactor: &Arc<Reactor>) {
+    if let Err(e) = sci::init(platform, reactor) {
+        log::warn!("ACPI events unavailable: {e}");
+        console::event(console::ev("acpi_error").field("error", e));
+        return;
+    }
+    let r = reactor.clone();
+    sci::on_power_button(move || shutdown::start(&r, "power_button"));
+    if let Err(e) = hotplug::init(reactor) {
+        log::warn!("PCI hot-plug unavailable: {e}");
+        console::event(console::ev("acpi_error").field("error", e));
     }
 }
 
@@ -244,6 +263,17 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     start_hcall(cmdline, reactor);
     if let Some(spec) = cmdline.get("disk_test") {
         spawn_test(reactor, "disk_test", services::disk_test(spec.to_string()));
+    }
+    match cmdline.get("hotplug_test") {
+        Some("io") => {
+            let seed = cmdline.get_u64("hotplug_seed").ok().flatten().unwrap_or(7);
+            let r = reactor.clone();
+            hotplug::on_add(move |disk| {
+                r.spawn("hotplug_io", services::hotplug_io(disk, seed));
+            });
+        }
+        Some(other) => log::warn!("unknown hotplug_test={other}"),
+        None => {}
     }
     if let Some(text) = cmdline.get("console_test") {
         spawn_test(reactor, "console_test", services::console_test(text.to_string(), reactor.clone()));

@@ -141,3 +141,67 @@ pub async fn console_test(text: String, reactor: alloc::sync::Arc<lparos_kernel:
     };
     wrote && read
 }
+
+/// Sectors written per pass of the hot-plug I/O loop.
+const HP_BATCH: u64 = 16;
+
+/// `hotplug_test=io`: on every hot-added disk, write / flush / read back /
+/// verify the disk pattern (seed `seed`), a new range of sectors each pass
+/// (sectors `p*16 ..`, wrapping at the end of the disk), until the disk is
+/// removed. Then `@ev hotplug_io ok=<1|0> writes=<passes> acked_sectors=<n>
+/// seed=<s> bdf=<bdf>`: sectors `0..acked_sectors` were flushed (so the host
+/// must find the pattern there). `ok=0` on a mismatch or an I/O error that
+/// is not the removal.
+pub async fn hotplug_io(disk: alloc::sync::Arc<devices::BlockDevice>, seed: u64) {
+    let cap = disk.capacity();
+    let mut buf = vec![0u8; HP_BATCH as usize * SECTOR];
+    let mut back = vec![0u8; HP_BATCH as usize * SECTOR];
+    let (mut passes, mut acked, mut error) = (0u64, 0u64, None::<String>);
+    if cap < HP_BATCH {
+        error = Some(format!("disk too small ({cap} sectors)"));
+    }
+    while error.is_none() {
+        let start = (passes * HP_BATCH) % (cap - cap % HP_BATCH);
+        for (i, chunk) in buf.chunks_exact_mut(SECTOR).enumerate() {
+            let sector: &mut [u8; SECTOR] = chunk.try_into().expect("exact chunk");
+            fill_sector(seed, start + i as u64, sector);
+        }
+        let r = async {
+            disk.write(start, &buf).await?;
+            disk.flush().await?;
+            Ok::<_, drivers::virtio::Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => acked = acked.max(start + HP_BATCH),
+            Err(drivers::virtio::Error::Removed) => break,
+            Err(e) => {
+                error = Some(format!("write at {start}: {e}"));
+                break;
+            }
+        }
+        match disk.read(start, &mut back).await {
+            Ok(()) => {}
+            Err(drivers::virtio::Error::Removed) => break,
+            Err(e) => {
+                error = Some(format!("read at {start}: {e}"));
+                break;
+            }
+        }
+        if back != buf {
+            error = Some(format!("read-back mismatch at sector {start}"));
+            break;
+        }
+        passes += 1;
+    }
+    let mut e = ev("hotplug_io")
+        .field("ok", error.is_none() as u8)
+        .field("writes", passes)
+        .field("acked_sectors", acked)
+        .field("seed", seed)
+        .field("bdf", &disk.bdf);
+    if let Some(err) = error {
+        e = e.field("error", err);
+    }
+    event(e);
+}

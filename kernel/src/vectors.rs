@@ -31,6 +31,11 @@ impl VectorAllocator {
         true
     }
 
+    /// How many vectors are free.
+    pub fn free_count(&self) -> usize {
+        (FIRST..=LAST).filter(|&v| !self.is_used(v)).count()
+    }
+
     pub fn is_used(&self, vector: u8) -> bool {
         self.used[vector as usize / 64] & (1 << (vector % 64)) != 0
     }
@@ -49,6 +54,7 @@ mod tests {
         assert!(!a.free(0x30), "double free");
         assert!(!a.free(0x20), "out of range");
         assert_eq!(a.alloc(), Some(0x30));
+        assert_eq!(a.free_count(), (LAST - FIRST) as usize + 1 - 2);
         let mut n = 2;
         while a.alloc().is_some() {
             n += 1;

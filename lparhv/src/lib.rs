@@ -16,6 +16,7 @@ pub mod hcall;
 pub mod owner;
 pub mod pattern;
 pub mod qemu;
+pub mod qmp;
 pub mod vswitch;
 
 pub use lparos_kernel::event::{parse as parse_event, Event};

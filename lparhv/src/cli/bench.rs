@@ -12,6 +12,9 @@ use clap::{Args, Subcommand};
 use lparhv::qemu::{Accel, Guest, GuestExit, GuestSpec};
 use std::time::{Duration, Instant};
 
+#[path = "hotplug_bench.rs"]
+mod hotplug_bench;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -26,11 +29,24 @@ enum Which {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// ACPI PCI hot-plug: device_add -> disk usable, device_del -> DEVICE_DELETED.
+    Hotplug {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// q35 (root port) or pc (root bus).
+        #[arg(long, default_value = "q35")]
+        machine: String,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Boot { runs } => boot(ctx, runs),
+        Which::Hotplug { runs, machine } => match machine.as_str() {
+            "q35" => hotplug_bench::run(ctx, runs, lparhv::qemu::Machine::Q35),
+            "pc" => hotplug_bench::run(ctx, runs, lparhv::qemu::Machine::Pc),
+            other => bail!("unknown machine {other:?}: use q35 or pc"),
+        },
     }
 }
 

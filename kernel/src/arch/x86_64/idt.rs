@@ -8,7 +8,7 @@
 //!
 //! Vectors: 0-31 CPU exceptions (fatal: register dump, exit code 3),
 //! 32-254 device and timer interrupts (counted in the executor's IrqTable,
-//! then EOI), 255 the APIC spurious vector (ignored).
+//! level-triggered IOAPIC lines masked first, then EOI), 255 the APIC spurious vector (ignored).
 
 use super::gdt;
 use core::arch::global_asm;
@@ -199,6 +199,9 @@ extern "C" fn isr_dispatch(frame: &mut TrapFrame) {
         0..=31 => crate::fatal_exception(EXCEPTION_NAMES[vector as usize], frame),
         super::lapic::SPURIOUS_VECTOR => {}
         _ => {
+            // Level-triggered lines (the SCI) are masked until their task
+            // has serviced the source; see `ioapic::mask_level_line`.
+            super::ioapic::mask_level_line(vector);
             crate::IRQS.raise(vector);
             super::lapic::eoi();
         }

@@ -69,3 +69,42 @@ pub fn set_masked(gsi: u32, masked: bool) {
     let low = read_reg(0x10 + 2 * pin);
     write_reg(0x10 + 2 * pin, if masked { low | 1 << 16 } else { low & !(1 << 16) });
 }
+
+/// For each vector, `gsi + 1` of a level-triggered line routed to it (0 =
+/// none). A level-triggered line stays asserted until its source is
+/// serviced (for the ACPI SCI: until the GPE / PM1 status bit is cleared),
+/// so after EOI the IOAPIC would deliver it again at once, forever, before
+/// the task that services it could run. The interrupt dispatcher therefore
+/// masks such a line (`mask_level_line`) before EOI, and the servicing task
+/// unmasks it (`unmask_level`) once the source is quiet.
+static LEVEL_GSI: [AtomicU32; 256] = [const { AtomicU32::new(0) }; 256];
+
+/// Route a level-triggered `gsi` to `vector` and register it for masking in
+/// the interrupt dispatcher. The line starts unmasked.
+pub fn route_level(gsi: u32, vector: u8, active_low: bool, apic_id: u8) -> bool {
+    LEVEL_GSI[vector as usize].store(gsi.wrapping_add(1), Ordering::Relaxed);
+    let ok = route(gsi, vector, LineMode { active_low, level: true }, apic_id);
+    if !ok {
+        LEVEL_GSI[vector as usize].store(0, Ordering::Relaxed);
+    }
+    ok
+}
+
+/// Called from the interrupt dispatcher before EOI: masks the line if
+/// `vector` belongs to a level-triggered GSI. Returns whether it did.
+pub fn mask_level_line(vector: u8) -> bool {
+    match LEVEL_GSI[vector as usize].load(Ordering::Relaxed) {
+        0 => false,
+        g => {
+            set_masked(g - 1, true);
+            true
+        }
+    }
+}
+
+/// Unmask the level-triggered line of `vector` after its source was serviced.
+pub fn unmask_level(vector: u8) {
+    if let g @ 1.. = LEVEL_GSI[vector as usize].load(Ordering::Relaxed) {
+        set_masked(g - 1, false);
+    }
+}

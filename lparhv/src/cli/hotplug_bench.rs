@@ -1,0 +1,75 @@
+//! `lparhv bench hotplug`: ACPI PCI hot-plug latency, measured on the host.
+//!
+//! - add: QMP `device_add` of a virtio-blk disk sent → the guest's
+//!   `@ev hotplug_add` line (disk bound and sector 0 read) reaching the host;
+//! - remove: QMP `device_del` sent → QMP `DEVICE_DELETED` for the device
+//!   (the guest drained, released the driver and wrote the eject register).
+//!
+//! - eject: `device_del` sent → the guest's `@ev hotplug_remove` line (it
+//!   wrote the eject register). The rest of the remove figure is QEMU's: it
+//!   emits DEVICE_DELETED after its RCU thread frees the device, which
+//!   batches callbacks for up to about 50 ms.
+//!
+//! One guest, `runs` cycles, min / median / max, the accelerator named.
+
+use super::summary;
+use crate::cli::{Ctx, Scratch};
+use anyhow::{bail, Context, Result};
+use lparhv::qemu::{Guest, GuestSpec, Machine};
+use lparhv::qmp::Qmp;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+pub fn run(ctx: &Ctx, runs: usize, machine: Machine) -> Result<()> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let d = ctx.accel()?;
+    let dir = Scratch::new("bench-hotplug")?;
+    let img = dir.0.join("disk.img");
+    std::fs::File::create(&img)?.set_len(8 << 20)?;
+    let sock = dir.0.join("qmp.sock");
+    let mut spec = GuestSpec::new("bench-hotplug", &ctx.kernel, d.accel);
+    spec.machine = machine;
+    spec.cmdline = "quiet".into();
+    spec.extra = vec!["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())];
+    if machine == Machine::Q35 {
+        spec.extra.extend(["-device".into(), "pcie-root-port,id=rp0,chassis=1,bus=pcie.0,addr=0x2".into()]);
+    }
+    spec.extra.extend(["-blockdev".into(), format!("driver=raw,node-name=d0,file.driver=file,file.filename={}", img.display())]);
+    let mut guest = Guest::spawn(&spec, false)?;
+    let mut qmp = Qmp::connect(&sock, T).context("QMP")?;
+    guest.wait_event("hotplug_ready", T)?;
+    guest.wait_event("ready", T)?;
+    let mut props = vec![("drive", "d0")];
+    if machine == Machine::Q35 {
+        props.push(("bus", "rp0"));
+    }
+    let (mut add_ms, mut del_ms, mut eject_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if super::super::interrupted() {
+            bail!("interrupted");
+        }
+        let t0 = Instant::now();
+        qmp.device_add("virtio-blk-pci", "hp0", &props)?;
+        let (_, at) = guest.wait_event("hotplug_add", T)?;
+        add_ms.push((at - t0).as_secs_f64() * 1e3);
+        let t1 = Instant::now();
+        qmp.device_del("hp0")?;
+        let (_, ejected) = guest.wait_event("hotplug_remove", T)?;
+        eject_ms.push((ejected - t1).as_secs_f64() * 1e3);
+        let ev = qmp.wait_device_deleted("hp0", T)?;
+        del_ms.push((ev.received - t1).as_secs_f64() * 1e3);
+        guest.wait_event("hotplug_stats", T)?;
+    }
+    let (a, b, c) = summary(&mut add_ms);
+    let (e, f, g) = summary(&mut del_ms);
+    let (h, i, j) = summary(&mut eject_ms);
+    let m = if machine == Machine::Q35 { "q35, virtio-blk into a pcie-root-port" } else { "pc, virtio-blk on the root bus" };
+    println!("lparos hot-plug benchmark: accelerator {} ({}), {runs} cycles, {m}", d.accel, d.reason);
+    println!("  device_add -> guest disk usable   min {a:7.1} ms  median {b:7.1} ms  max {c:7.1} ms");
+    println!("  device_del -> DEVICE_DELETED      min {e:7.1} ms  median {f:7.1} ms  max {g:7.1} ms");
+    println!("  device_del -> guest ejected       min {h:7.1} ms  median {i:7.1} ms  max {j:7.1} ms");
+    Ok(())
+}
