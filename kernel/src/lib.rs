@@ -6,6 +6,9 @@
 //! - `event`: machine-readable event lines on the console.
 //! - `executor`: cooperative async tasks, timers and interrupt wake-ups.
 //! - `vectors`: interrupt vector allocation.
+//! - `rootvg_io`: rootvg activation and LV I/O over an asynchronous disk.
+//! - `writer_log`: the record format of the checked-write service (guest
+//!   writes it, lparhv verifies it).
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -13,4 +16,6 @@ extern crate alloc;
 pub mod cmdline;
 pub mod event;
 pub mod executor;
+pub mod rootvg_io;
 pub mod vectors;
+pub mod writer_log;

@@ -15,6 +15,7 @@ mod memfuncs;
 mod mm;
 mod net;
 mod pvh;
+mod rootvg_svc;
 mod services;
 mod time;
 
@@ -195,6 +196,20 @@ fn spawn_test(reactor: &Arc<Reactor>, name: &'static str, test: impl Future<Outp
 fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     if let Some(spec) = cmdline.get("disk_test") {
         spawn_test(reactor, "disk_test", services::disk_test(spec.to_string()));
+    }
+    // rootvg (docs/vios.md): `vios_test=writer:<seed>` implies `rootvg=on`.
+    if let Some(spec) = cmdline.get("vios_test") {
+        match cmdline.get_u64("vios_test_stop_after") {
+            Ok(stop) => spawn_test(reactor, "vios_writer", rootvg_svc::writer(spec.to_string(), stop, reactor.clone())),
+            Err(e) => {
+                console::event(console::ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", e.to_string()));
+                spawn_test(reactor, "vios_writer", async { false });
+            }
+        }
+    } else if cmdline.get("rootvg") == Some("on") {
+        reactor.spawn("rootvg", async {
+            rootvg_svc::bring_up().await;
+        });
     }
     if let Some(text) = cmdline.get("console_test") {
         spawn_test(reactor, "console_test", services::console_test(text.to_string(), reactor.clone()));
