@@ -7,10 +7,13 @@
 //! - `owner`: the owner role of grant / accept / return / rescind: grant
 //!   table, cookies, per-partition logical-to-physical tables, durable state.
 //! - `pattern`: the disk test pattern shared with the guest.
+//! - `vios`: the storage server (qemu-storage-daemon exporting LUNs over
+//!   NBD), NBD disk attachment, verification of the guest's write log.
 
 pub mod owner;
 pub mod pattern;
 pub mod qemu;
+pub mod vios;
 pub mod vswitch;
 
 pub use lparos_kernel::event::{parse as parse_event, Event};
