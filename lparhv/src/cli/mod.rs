@@ -3,6 +3,8 @@
 mod bench;
 mod boot;
 mod demo;
+mod rootvg;
+mod vios;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +35,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Say which accelerator would be used, and why.
     Accel,
+    /// Create, inspect and check rootvg images.
+    Rootvg(rootvg::RootvgArgs),
+    /// Run a storage server (VIOS) and restart or crash it.
+    Vios(vios::ViosArgs),
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -51,6 +57,8 @@ pub fn run() -> Result<()> {
         Command::Boot(args) => boot::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Bench(args) => bench::run(&ctx, args),
+        Command::Rootvg(args) => rootvg::run(args),
+        Command::Vios(args) => vios::run(args),
         Command::Accel => {
             let d = ctx.accel()?;
             println!("{} ({})", d.accel, d.reason);
