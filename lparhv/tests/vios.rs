@@ -211,3 +211,39 @@ fn vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_sur
     let c = vios::verify_writer_log(&img, "data", SEED + 2, TOTAL).unwrap();
     assert_eq!((c.checked, c.lost), (TOTAL, 0), "{c:?}");
 }
+
+#[test]
+fn werror_stop_pauses_the_guest_instead_of_failing_its_io() {
+    let dir = Scratch::new("st");
+    let img = rootvg_image(&dir.0);
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+    let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
+    let mut s = GuestSpec::new("werror-stop", &kernel(), d.accel);
+    s.cmdline = format!("quiet rootvg=on vios_test=writer:{} vios_test_stop_after={TOTAL}", SEED + 3);
+    let mut disk = NbdDisk::new(&v, "lun0", 1);
+    disk.werror = vios::ErrorPolicy::Stop;
+    disk.rerror = vios::ErrorPolicy::Stop;
+    s.extra = disk.qemu_args("rootlun");
+    let mut g = Guest::spawn(&s, false).unwrap();
+    g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
+    g.wait_event_where(Duration::from_secs(60), |e| e.name == "io_ack").unwrap();
+
+    v.crash().unwrap();
+    // Past the reconnect-delay the failed request pauses the VM (QMP event
+    // BLOCK_IO_ERROR): the guest neither sees an error nor runs.
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = g.console().len();
+    v.start_again().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(g.is_running(), "QEMU keeps the paused guest");
+    assert!(events(&g, "io_error").is_empty(), "werror=stop hides the error from the guest");
+    assert!(events(&g, "io_done").is_empty());
+    assert_eq!(g.console().len(), lines, "a paused guest prints nothing, even with the VIOS back, until `cont`");
+    // TODO(lparhv::qmp): once the QMP client is merged, send `cont` here and
+    // assert the writer finishes with errors=0 and every ack on disk.
+    g.kill();
+    drop(v);
+    let acked = events(&g, "io_ack").last().map(|(e, _)| num(e, "acked")).unwrap_or(0);
+    let c = vios::verify_writer_log(&img, "data", SEED + 3, acked).unwrap();
+    assert_eq!(c.lost, 0, "{c:?}");
+}
