@@ -8,6 +8,9 @@
 //! - `hcall_spec`: the hypercall test behaviours' command line, statistics
 //!   and shared-memory pattern.
 //! - `vectors`: interrupt vector allocation.
+//! - `rootvg_io`: rootvg activation and LV I/O over an asynchronous disk.
+//! - `writer_log`: the record format of the checked-write service (guest
+//!   writes it, lparhv verifies it).
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -16,4 +19,6 @@ pub mod cmdline;
 pub mod event;
 pub mod executor;
 pub mod hcall_spec;
+pub mod rootvg_io;
 pub mod vectors;
+pub mod writer_log;

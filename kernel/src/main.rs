@@ -19,6 +19,7 @@ mod mm;
 mod net;
 mod pvh;
 mod sci;
+mod rootvg_svc;
 mod services;
 mod shutdown;
 mod time;
@@ -274,6 +275,20 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
         }
         Some(other) => log::warn!("unknown hotplug_test={other}"),
         None => {}
+    }
+    // rootvg (docs/vios.md): `vios_test=writer:<seed>` implies `rootvg=on`.
+    if let Some(spec) = cmdline.get("vios_test") {
+        match cmdline.get_u64("vios_test_stop_after") {
+            Ok(stop) => spawn_test(reactor, "vios_writer", rootvg_svc::writer(spec.to_string(), stop, reactor.clone())),
+            Err(e) => {
+                console::event(console::ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", e.to_string()));
+                spawn_test(reactor, "vios_writer", async { false });
+            }
+        }
+    } else if cmdline.get("rootvg") == Some("on") {
+        reactor.spawn("rootvg", async {
+            rootvg_svc::bring_up().await;
+        });
     }
     if let Some(text) = cmdline.get("console_test") {
         spawn_test(reactor, "console_test", services::console_test(text.to_string(), reactor.clone()));

@@ -10,6 +10,8 @@
 //! - `config`: the TOML description of a managed system.
 //! - `hcall`: the hypercall channel server, the control socket and the
 //!   daemon that `lparhv up` runs.
+//! - `vios`: the storage server (qemu-storage-daemon exporting LUNs over
+//!   NBD), NBD disk attachment, verification of the guest's write log.
 
 pub mod config;
 pub mod hcall;
@@ -17,6 +19,7 @@ pub mod owner;
 pub mod pattern;
 pub mod qemu;
 pub mod qmp;
+pub mod vios;
 pub mod vswitch;
 
 pub use lparos_kernel::event::{parse as parse_event, Event};

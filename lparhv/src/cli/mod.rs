@@ -4,6 +4,8 @@ mod bench;
 mod boot;
 mod demo;
 mod system;
+mod rootvg;
+mod vios;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,10 @@ enum Command {
     Accel,
     #[command(flatten)]
     System(system::SystemCommand),
+    /// Create, inspect and check rootvg images.
+    Rootvg(rootvg::RootvgArgs),
+    /// Run a storage server (VIOS) and restart or crash it.
+    Vios(vios::ViosArgs),
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -55,6 +61,8 @@ pub fn run() -> Result<()> {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::System(cmd) => system::run(&ctx, cmd),
+        Command::Rootvg(args) => rootvg::run(args),
+        Command::Vios(args) => vios::run(args),
         Command::Accel => {
             let d = ctx.accel()?;
             println!("{} ({})", d.accel, d.reason);

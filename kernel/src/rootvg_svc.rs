@@ -1,0 +1,214 @@
+//! The rootvg service: at boot (`rootvg=on`, or implied by `vios_test=`)
+//! activate the volume group on the first virtio-blk disk, open LVs
+//! `config` and `data`, and offer services a block API on them whose
+//! durable write is acknowledged only after a flush. Also the
+//! `vios_test=writer:<seed>` service (continuous checked writes to `data`).
+//! Contract and events: docs/vios.md.
+
+use crate::console::{ev, event};
+use crate::devices::{self, BlockDevice};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use core::future::Future;
+use drivers::virtio;
+use lparos_kernel::executor::Reactor;
+use lparos_kernel::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
+use lparos_kernel::writer_log::{self, RECORD_SIZE};
+use rootvg::{IoError, VolumeGroup};
+use spin::{Mutex, Once};
+
+/// The kernel's virtio-blk driver as rootvg's asynchronous device.
+impl AsyncBlockDevice for BlockDevice {
+    fn sector_count(&self) -> u64 {
+        self.capacity()
+    }
+    fn read<'a>(&'a self, lba: u64, buf: &'a mut [u8]) -> impl Future<Output = Result<(), IoError>> + Send + 'a {
+        async move { BlockDevice::read(self, lba, buf).await.map_err(io_error) }
+    }
+    fn write<'a>(&'a self, lba: u64, buf: &'a [u8]) -> impl Future<Output = Result<(), IoError>> + Send + 'a {
+        async move { BlockDevice::write(self, lba, buf).await.map_err(io_error) }
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), IoError>> + Send + '_ {
+        async move { BlockDevice::flush(self).await.map_err(io_error) }
+    }
+}
+
+/// virtio-blk status byte for "I/O error" (VIRTIO_BLK_S_IOERR).
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+
+fn io_error(e: virtio::Error) -> IoError {
+    match e {
+        virtio::Error::Status(s) => IoError::Device(u32::from(s)),
+        virtio::Error::BadRequest => IoError::OutOfRange,
+        // The driver's own time limit: the device (storage server) did not
+        // answer. The request may still complete later.
+        virtio::Error::Protocol(_) => IoError::Unavailable,
+        _ => IoError::Device(0x100),
+    }
+}
+
+fn io_error_text(e: &rootvg::Error) -> String {
+    match e {
+        rootvg::Error::Io(IoError::Device(s)) if *s == u32::from(VIRTIO_BLK_S_IOERR) => "virtio-blk IOERR".to_string(),
+        other => format!("{other}"),
+    }
+}
+
+/// The active rootvg and its two LVs.
+pub struct RootVg {
+    pub vg: Mutex<VolumeGroup>,
+    pub dev: Arc<BlockDevice>,
+    pub config: AsyncLv<BlockDevice>,
+    pub data: AsyncLv<BlockDevice>,
+}
+
+static ROOTVG: Once<Arc<RootVg>> = Once::new();
+
+/// The active rootvg, for services (None before activation or if it failed).
+#[allow(dead_code)] // the block API for services; the writer gets it directly
+pub fn rootvg() -> Option<Arc<RootVg>> {
+    ROOTVG.get().cloned()
+}
+
+/// Activate the rootvg on the first disk. Prints `rootvg_active` or
+/// `rootvg_error`.
+pub async fn bring_up() -> Option<Arc<RootVg>> {
+    if let Some(r) = ROOTVG.get() {
+        return Some(r.clone());
+    }
+    let result = async {
+        let dev = devices::first_blk().ok_or("no virtio-blk disk")?;
+        let vg = rootvg_io::activate(&*dev).await.map_err(|e| format!("activation on {}: {e}", dev.bdf))?;
+        let shared = Arc::new(vg.clone());
+        let config = AsyncLv::open(shared.clone(), "config", dev.clone()).map_err(|e| format!("LV config: {e}"))?;
+        let data = AsyncLv::open(shared, "data", dev.clone()).map_err(|e| format!("LV data: {e}"))?;
+        Ok::<_, String>(RootVg { vg: Mutex::new(vg), dev, config, data })
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            let r = ROOTVG.call_once(|| Arc::new(r)).clone();
+            {
+                let vg = r.vg.lock();
+                event(
+                    ev("rootvg_active")
+                        .field("vg", vg.label().vg_name)
+                        .field("uuid", vg.label().vg_uuid)
+                        .field("generation", vg.generation())
+                        .field("lvs", vg.lvs().count())
+                        .field("slot", vg.current_slot())
+                        .field("disk", &r.dev.bdf),
+                );
+            }
+            log::info!("rootvg: LV config {} KiB, LV data {} KiB", r.config.size_bytes() / 1024, r.data.size_bytes() / 1024);
+            Some(r)
+        }
+        Err(e) => {
+            log::error!("rootvg: {e}");
+            event(ev("rootvg_error").field("error", e));
+            None
+        }
+    }
+}
+
+/// Re-read the metadata after an I/O outage and print `rootvg_reverify`.
+async fn reverify(r: &RootVg) -> bool {
+    let mut vg = r.vg.lock().clone();
+    let result = rootvg_io::reverify(&mut vg, &*r.dev).await;
+    match &result {
+        Ok(()) => {
+            let generation = vg.generation();
+            *r.vg.lock() = vg;
+            event(ev("rootvg_reverify").field("ok", 1).field("generation", generation));
+        }
+        Err(e) => event(ev("rootvg_reverify").field("ok", 0).field("error", format!("{e}"))),
+    }
+    result.is_ok()
+}
+
+/// Acknowledged writes between two `io_ack` events.
+const ACK_EVERY: u64 = 50;
+/// An acknowledged write that took longer than this is reported (`io_slow`).
+const SLOW_US: u64 = 100_000;
+
+/// `vios_test=writer:<seed>`: continuous checked writes to LV `data`
+/// (record format: `lparos_kernel::writer_log`). Returns whether no write
+/// failed.
+pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>) -> bool {
+    let seed = match writer_log::parse_writer_spec(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", format!("vios_test={spec}: {e}")));
+            return false;
+        }
+    };
+    let Some(r) = bring_up().await else {
+        event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", "no rootvg"));
+        return false;
+    };
+    let blocks = r.data.size_bytes() / RECORD_SIZE as u64;
+    if blocks == 0 {
+        event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", "LV data smaller than one record"));
+        return false;
+    }
+    event(ev("io_start").field("seed", seed).field("blocks", blocks).field("stop_after", stop_after.unwrap_or(0)));
+    let (mut acked, mut errors, mut retries, mut max_us) = (0u64, 0u64, 0u64, 0u64);
+    let mut gave_up = false;
+    let mut rec = [0u8; RECORD_SIZE];
+    let mut seq = 1u64;
+    while stop_after.is_none_or(|n| acked < n) {
+        writer_log::encode(seed, seq, blocks, &mut rec);
+        let offset = writer_log::block_of(seq, blocks) * RECORD_SIZE as u64;
+        let started = reactor.now_ns();
+        let mut attempt = 0u32;
+        loop {
+            match r.data.write_durable(offset, &rec).await {
+                Ok(()) => break,
+                Err(e) => {
+                    errors += 1;
+                    event(ev("io_error").field("seq", seq).field("attempt", attempt).field("error", io_error_text(&e)));
+                    attempt += 1;
+                    if attempt > writer_log::MAX_RETRIES {
+                        gave_up = true;
+                        break;
+                    }
+                    retries += 1;
+                    let delay = writer_log::backoff_ms(attempt);
+                    event(ev("io_retry").field("seq", seq).field("attempt", attempt).field("delay_ms", delay));
+                    reactor.sleep_ms(delay).await;
+                }
+            }
+        }
+        if gave_up {
+            break;
+        }
+        let took_us = (reactor.now_ns() - started) / 1000;
+        max_us = max_us.max(took_us);
+        acked += 1;
+        if took_us > SLOW_US {
+            event(ev("io_slow").field("seq", seq).field("us", took_us).field("attempts", attempt + 1));
+        }
+        if attempt > 0 {
+            // The disk was away: check the VG is still the one we activated
+            // before trusting it further.
+            if !reverify(&r).await {
+                gave_up = true;
+                break;
+            }
+        }
+        if acked.is_multiple_of(ACK_EVERY) {
+            event(ev("io_ack").field("seq", seq).field("acked", acked));
+        }
+        seq += 1;
+    }
+    event(
+        ev("io_done")
+            .field("acked", acked)
+            .field("errors", errors)
+            .field("retries", retries)
+            .field("max_ack_us", max_us)
+            .field("gave_up", gave_up as u8),
+    );
+    errors == 0 && !gave_up
+}
