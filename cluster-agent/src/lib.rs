@@ -1,4 +1,408 @@
-//! Heartbeat clustering agent (active / standby failover). Filled in by the
-//! hot-plug and clustering work; the crate exists so the workspace layout is
-//! fixed.
+//! Heartbeat clustering agent: the decision logic of an active / standby
+//! pair that shares one single-port device (seed 004, Figures 14-17).
+//!
+//! This crate is pure logic: time comes in as arguments, and what the agent
+//! wants done comes out as [`Action`]s that the guest carries out (send a
+//! heartbeat on the LAN, issue deact / rem_pci / add_pci / act hypercalls,
+//! start or stop the service, change its CPU share). The caller reports
+//! each action's outcome with [`Agent::action_done`]. So every rule here is
+//! unit-tested on the host.
+//!
+//! Failure detection: the peer is declared failed after `timeout_ms`
+//! without a heartbeat, except that time in which this agent itself was not
+//! running (a hypervisor freeze of this guest, detected from a tick that came
+//! far too late or announced by the hypervisor) and time in which the
+//! hypervisor said the peer was frozen do not count. A freeze announced by
+//! the hypervisor never causes a failover.
+//!
+//! Failover, case (a) of the seed: the standby fences the active (`deact`),
+//! takes the slot from it (`rem_pci`), connects the slot to itself
+//! (`add_pci`), starts the service, raises its CPU share, and starts the
+//! failed partition again (`act`) as the new standby.
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+/// Role of this partition in the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+/// Something the agent wants done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a heartbeat carrying this role and sequence number.
+    SendHeartbeat { role: Role, seq: u64 },
+    /// Power the peer off hard (the fence).
+    DeactPeer,
+    /// Take the shared slot from the peer.
+    RemPciFromPeer,
+    /// Connect the shared slot to this partition.
+    AddPciToSelf,
+    /// Start the service on the shared device.
+    StartService,
+    /// Stop the service (this partition gives the device up).
+    StopService,
+    /// Set this partition's CPU share, in percent.
+    SetCpuShare(u8),
+    /// Start the peer again; it boots as the standby.
+    ActPeer,
+}
+
+/// What the agent is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Serving (active) or watching (standby).
+    Normal,
+    /// Standby taking over: waiting for the outcome of this step.
+    FailingOver(Action),
+    /// A failover step failed; nothing more is attempted automatically.
+    FailoverFailed(Action),
+}
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which the peer is declared failed.
+    pub timeout_ms: u64,
+    /// A tick later than this after the previous one means this agent was
+    /// not running (frozen, or starved) for the gap.
+    pub pause_threshold_ms: u64,
+    pub active_cpu_share: u8,
+    pub standby_cpu_share: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval_ms: 200,
+            timeout_ms: 1500,
+            pause_threshold_ms: 600,
+            active_cpu_share: 90,
+            standby_cpu_share: 10,
+        }
+    }
+}
+
+/// Why the agent did what it did, for the event log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// This agent's own ticks stopped for `gap_ms`: silence in that window
+    /// does not count against the peer.
+    OwnPauseDetected { gap_ms: u64 },
+    /// The peer has been silent this long and is declared failed.
+    PeerFailed { silent_ms: u64 },
+    /// Failover finished: this partition is active now.
+    TookOver,
+    /// A heartbeat from a peer that also claims to be active.
+    DualActive,
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent {
+    config: Config,
+    role: Role,
+    state: State,
+    seq: u64,
+    last_tick_ms: Option<u64>,
+    last_sent_ms: Option<u64>,
+    /// Time the peer was last heard from (or the detector was last reset).
+    peer_seen_ms: u64,
+    peer_frozen: bool,
+    notices: Vec<Notice>,
+}
+
+impl Agent {
+    /// A new agent in `role`, started at time `now_ms`.
+    pub fn new(config: Config, role: Role, now_ms: u64) -> Self {
+        Agent {
+            config,
+            role,
+            state: State::Normal,
+            seq: 0,
+            last_tick_ms: None,
+            last_sent_ms: None,
+            peer_seen_ms: now_ms,
+            peer_frozen: false,
+            notices: Vec::new(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The actions a newly started agent takes for its role.
+    pub fn start(&mut self) -> Vec<Action> {
+        match self.role {
+            Role::Active => alloc::vec![Action::SetCpuShare(self.config.active_cpu_share), Action::StartService],
+            Role::Standby => alloc::vec![Action::SetCpuShare(self.config.standby_cpu_share)],
+        }
+    }
+
+    /// Notices since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        core::mem::take(&mut self.notices)
+    }
+
+    /// A heartbeat from the peer arrived.
+    pub fn heartbeat_received(&mut self, now_ms: u64, peer_role: Role) {
+        self.peer_seen_ms = now_ms;
+        self.peer_frozen = false;
+        if peer_role == Role::Active && self.role == Role::Active {
+            self.notices.push(Notice::DualActive);
+        }
+    }
+
+    /// The hypervisor says the peer is frozen (`true`) or thawed (`false`).
+    /// While frozen, its silence does not count; on thaw the detector
+    /// restarts from now.
+    pub fn peer_frozen(&mut self, now_ms: u64, frozen: bool) {
+        self.peer_frozen = frozen;
+        self.peer_seen_ms = self.peer_seen_ms.max(now_ms);
+    }
+
+    /// The hypervisor says this partition was frozen for `frozen_ms`, ending
+    /// now: the peer's silence in that window does not count.
+    pub fn self_thawed(&mut self, now_ms: u64, frozen_ms: u64) {
+        self.peer_seen_ms = self.peer_seen_ms.max(now_ms);
+        self.last_tick_ms = Some(now_ms);
+        self.notices.push(Notice::OwnPauseDetected { gap_ms: frozen_ms });
+    }
+
+    /// Periodic call (at least every heartbeat interval). Returns what to do.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(last) = self.last_tick_ms {
+            let gap = now_ms.saturating_sub(last);
+            if gap > self.config.pause_threshold_ms {
+                // We were not running: do not blame the peer for our gap.
+                self.peer_seen_ms = self.peer_seen_ms.max(now_ms);
+                self.notices.push(Notice::OwnPauseDetected { gap_ms: gap });
+            }
+        }
+        self.last_tick_ms = Some(now_ms);
+
+        let due = self.last_sent_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.config.heartbeat_interval_ms);
+        if due {
+            self.seq += 1;
+            self.last_sent_ms = Some(now_ms);
+            actions.push(Action::SendHeartbeat { role: self.role, seq: self.seq });
+        }
+
+        if self.peer_frozen {
+            self.peer_seen_ms = now_ms;
+        }
+        let silent = now_ms.saturating_sub(self.peer_seen_ms);
+        if self.role == Role::Standby && self.state == State::Normal && silent > self.config.timeout_ms {
+            self.notices.push(Notice::PeerFailed { silent_ms: silent });
+            self.state = State::FailingOver(Action::DeactPeer);
+            actions.push(Action::DeactPeer);
+        }
+        actions
+    }
+
+    /// Report the outcome of a failover step. Returns the next step.
+    pub fn action_done(&mut self, now_ms: u64, action: Action, ok: bool) -> Vec<Action> {
+        let State::FailingOver(expected) = self.state else { return Vec::new() };
+        if action != expected {
+            return Vec::new();
+        }
+        if !ok {
+            self.state = State::FailoverFailed(action);
+            return Vec::new();
+        }
+        let next = match action {
+            Action::DeactPeer => Some(Action::RemPciFromPeer),
+            Action::RemPciFromPeer => Some(Action::AddPciToSelf),
+            Action::AddPciToSelf => Some(Action::StartService),
+            Action::StartService => Some(Action::SetCpuShare(self.config.active_cpu_share)),
+            Action::SetCpuShare(_) => Some(Action::ActPeer),
+            Action::ActPeer => None,
+            Action::SendHeartbeat { .. } | Action::StopService => None,
+        };
+        match next {
+            Some(step) => {
+                self.state = State::FailingOver(step);
+                alloc::vec![step]
+            }
+            None => {
+                self.role = Role::Active;
+                self.state = State::Normal;
+                self.peer_seen_ms = now_ms;
+                self.notices.push(Notice::TookOver);
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    /// Run ticks every `step` ms from `from` to `to`, collecting actions.
+    fn run(agent: &mut Agent, from: u64, to: u64, step: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t <= to {
+            out.extend(agent.tick(t));
+            t += step;
+        }
+        out
+    }
+
+    fn heartbeats(actions: &[Action]) -> usize {
+        actions.iter().filter(|a| matches!(a, Action::SendHeartbeat { .. })).count()
+    }
+
+    #[test]
+    fn start_actions_follow_the_role() {
+        assert_eq!(Agent::new(cfg(), Role::Active, 0).start(), vec![Action::SetCpuShare(90), Action::StartService]);
+        assert_eq!(Agent::new(cfg(), Role::Standby, 0).start(), vec![Action::SetCpuShare(10)]);
+    }
+
+    #[test]
+    fn heartbeats_are_sent_at_the_interval_with_rising_sequence() {
+        let mut a = Agent::new(cfg(), Role::Active, 0);
+        let actions = run(&mut a, 0, 1000, 50);
+        assert_eq!(heartbeats(&actions), 6, "at 0, 200, ..., 1000");
+        let seqs: Vec<u64> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendHeartbeat { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_live_peer_never_triggers_failover() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        for t in (0..10_000).step_by(100) {
+            s.heartbeat_received(t, Role::Active);
+            assert!(!s.tick(t).contains(&Action::DeactPeer));
+        }
+        assert_eq!(s.state(), State::Normal);
+    }
+
+    #[test]
+    fn silence_past_the_timeout_starts_case_a_failover_in_order() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        s.heartbeat_received(0, Role::Active);
+        let actions = run(&mut s, 0, 1500, 100);
+        assert!(!actions.contains(&Action::DeactPeer), "1500 ms of silence is not yet past the timeout");
+        let actions = s.tick(1600);
+        assert!(actions.contains(&Action::DeactPeer));
+        assert_eq!(s.take_notices(), vec![Notice::PeerFailed { silent_ms: 1600 }]);
+
+        let mut step = Action::DeactPeer;
+        let mut order = vec![step];
+        loop {
+            let next = s.action_done(1700, step, true);
+            match next.as_slice() {
+                [n] => {
+                    order.push(*n);
+                    step = *n;
+                }
+                [] => break,
+                more => panic!("one step at a time, got {more:?}"),
+            }
+        }
+        assert_eq!(
+            order,
+            vec![
+                Action::DeactPeer,
+                Action::RemPciFromPeer,
+                Action::AddPciToSelf,
+                Action::StartService,
+                Action::SetCpuShare(90),
+                Action::ActPeer
+            ]
+        );
+        assert_eq!(s.role(), Role::Active);
+        assert_eq!(s.state(), State::Normal);
+        assert!(s.take_notices().contains(&Notice::TookOver));
+    }
+
+    #[test]
+    fn a_failed_step_stops_the_failover() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        run(&mut s, 0, 1700, 100);
+        assert_eq!(s.state(), State::FailingOver(Action::DeactPeer));
+        assert_eq!(s.action_done(1800, Action::DeactPeer, true), vec![Action::RemPciFromPeer]);
+        assert_eq!(s.action_done(1900, Action::RemPciFromPeer, false), vec![]);
+        assert_eq!(s.state(), State::FailoverFailed(Action::RemPciFromPeer));
+        assert_eq!(s.role(), Role::Standby, "never active without the device");
+        // Stray or repeated reports change nothing.
+        assert_eq!(s.action_done(2000, Action::AddPciToSelf, true), vec![]);
+        assert!(run(&mut s, 2000, 5000, 100).iter().all(|a| matches!(a, Action::SendHeartbeat { .. })));
+    }
+
+    #[test]
+    fn our_own_freeze_is_not_blamed_on_the_peer() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        s.heartbeat_received(0, Role::Active);
+        run(&mut s, 0, 1000, 100);
+        // Frozen for 5 s: the next tick comes far too late.
+        let actions = s.tick(6000);
+        assert!(!actions.contains(&Action::DeactPeer), "a pause of our own must not fence the peer");
+        assert_eq!(s.take_notices(), vec![Notice::OwnPauseDetected { gap_ms: 5000 }]);
+        // The peer is still expected to speak within the timeout afterwards.
+        s.heartbeat_received(6300, Role::Active);
+        assert!(!run(&mut s, 6100, 7500, 100).contains(&Action::DeactPeer));
+        // And real silence after that is still detected.
+        assert!(run(&mut s, 7600, 8000, 100).contains(&Action::DeactPeer));
+    }
+
+    #[test]
+    fn an_announced_self_thaw_resets_the_detector() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        run(&mut s, 0, 1000, 100);
+        s.self_thawed(1100, 4000);
+        assert!(!run(&mut s, 1100, 2500, 100).contains(&Action::DeactPeer));
+    }
+
+    #[test]
+    fn a_peer_frozen_by_the_hypervisor_never_causes_failover() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        s.heartbeat_received(0, Role::Active);
+        run(&mut s, 0, 500, 100);
+        s.peer_frozen(600, true);
+        assert!(!run(&mut s, 600, 20_000, 100).contains(&Action::DeactPeer), "frozen for 19 s, no failover");
+        s.peer_frozen(20_100, false);
+        // After the thaw the peer gets a full timeout to speak again.
+        assert!(!run(&mut s, 20_100, 21_500, 100).contains(&Action::DeactPeer));
+        assert!(run(&mut s, 21_600, 22_000, 100).contains(&Action::DeactPeer));
+    }
+
+    #[test]
+    fn two_actives_are_reported() {
+        let mut a = Agent::new(cfg(), Role::Active, 0);
+        a.heartbeat_received(10, Role::Active);
+        assert_eq!(a.take_notices(), vec![Notice::DualActive]);
+        a.heartbeat_received(20, Role::Standby);
+        assert!(a.take_notices().is_empty());
+    }
+
+    #[test]
+    fn the_active_never_fences() {
+        let mut a = Agent::new(cfg(), Role::Active, 0);
+        assert!(!run(&mut a, 0, 10_000, 100).contains(&Action::DeactPeer));
+    }
+}
