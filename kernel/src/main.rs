@@ -7,6 +7,7 @@ extern crate alloc;
 
 mod acpi;
 mod arch;
+mod cluster;
 mod console;
 mod devices;
 mod exit;
@@ -316,6 +317,13 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
             .field("ip", format_args!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]))
             .field("mac", format_args!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])),
     );
+    match cluster::parse(cmdline) {
+        Ok(Some(args)) => {
+            reactor.spawn("cluster", cluster::run(stack.clone(), reactor.clone(), args));
+        }
+        Ok(None) => {}
+        Err(e) => console::event(console::ev("cluster_error").field("error", e)),
+    }
     match cmdline.get("net_role") {
         Some("server") => {
             reactor.spawn("udp_echo", net::udp_echo(stack.clone()));
