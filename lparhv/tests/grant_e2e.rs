@@ -320,6 +320,7 @@ fn lparhv_killed_and_restarted_mid_session() {
             kill_all_recorded(self.0);
             let _ = std::fs::remove_dir_all(self.0);
             let _ = std::fs::remove_file(self.1);
+            let _ = std::fs::remove_file(self.0.with_extension("log"));
         }
     }
     let log = state.with_extension("log");
