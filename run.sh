@@ -16,7 +16,7 @@ commands:
   demo [lan] [opts]  run the main demo (two partitions on a virtual LAN)
   test               run every test (unit, property and QEMU integration)
   bench NAME         benchmark, figures printed (see docs/benchmarks.md):
-                     boot, hotplug
+                     boot, hotplug, hcall
   help               this text
 
 options understood everywhere:
@@ -76,7 +76,7 @@ case "$cmd" in
         cargo test -q --workspace -- --test-threads=2 ;;
     bench)
         setup; build
-        [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug)" >&2; usage >&2; exit 2; }
+        [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug, hcall)" >&2; usage >&2; exit 2; }
         exec "$LPARHV" bench "$@" ;;
     help|-h|--help) usage ;;
     *)

@@ -647,7 +647,12 @@ impl Client {
             }
             (Call::Return { laddr }, Response::ReturnLogical) => {
                 if let Some(rec) = self.returning.remove(laddr) {
-                    self.grants.remove(&rec.mapping.cookie);
+                    // Figure 3C: a return leaves the grant `granted` (the
+                    // granter's RESCINDED still comes and is recognised);
+                    // returning a force-rescinded one ends it.
+                    if rec.dead {
+                        self.grants.remove(&rec.mapping.cookie);
+                    }
                 }
                 Ok(Reply::Returned)
             }

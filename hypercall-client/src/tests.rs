@@ -514,3 +514,22 @@ fn lost_hello_can_be_sent_again() {
     c.retry_hello();
     assert!(h.read(&mut c).is_empty(), "no HELLO once the session is up");
 }
+
+#[test]
+fn a_returned_grant_is_still_known_until_rescinded() {
+    let (mut c, mut h) = up(1);
+    let k = Cookie::from_u128(7);
+    c.on_bytes(&event(Event::Granted { cookie: k, length: 0x1000, from: name("hv") }));
+    let m = accept(&mut c, &mut h, k, 0x9000, 0x1000);
+    let r = c.return_mapping(m.laddr);
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::ReturnLogical));
+    assert_eq!(c.poll(r), Some(Ok(Reply::Returned)));
+    // Figure 3C: back to `granted`; the granter's normal rescind is heard.
+    assert!(c.grant_record(&k).is_some());
+    c.on_bytes(&event(Event::Rescinded { cookie: k, laddr: None, forced: false }));
+    let events: Vec<Event> = core::iter::from_fn(|| c.next_event()).collect();
+    assert!(matches!(events.last(), Some(Event::Rescinded { forced: false, .. })), "{events:?}");
+    assert!(c.grant_record(&k).is_none(), "forgotten once rescinded");
+    assert_eq!(c.stats().events_dropped, 0);
+}

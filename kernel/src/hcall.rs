@@ -27,6 +27,11 @@ pub const CALL_TIMEOUT_NS: u64 = 10_000_000_000;
 const KEEPALIVE_NS: u64 = 1_000_000_000;
 /// A HELLO unanswered this long is sent again (lparhv may have been away).
 const HELLO_RETRY_NS: u64 = 2_000_000_000;
+/// A keepalive ECHO unanswered this long was lost with an lparhv that died
+/// (or restarted) before answering: it is abandoned and a new one sent, so
+/// the new lparhv's H_STATE is seen within about this time after QEMU
+/// reconnected.
+const KEEPALIVE_LOST_NS: u64 = 2_000_000_000;
 /// Time limit for handing bytes to the console device.
 const WRITE_TIMEOUT_NS: u64 = 5_000_000_000;
 /// `hcall_error` lines printed before they are only counted.
@@ -109,7 +114,7 @@ async fn pump(svc: Arc<Service>) {
     let mut rx = Vec::with_capacity(4096);
     let mut last_tx = svc.reactor.now_ns();
     let mut hello_sent_at = last_tx;
-    let mut keepalive: Option<Handle> = None;
+    let mut keepalive: Option<(Handle, u64)> = None;
     loop {
         // Wake-up sources first, then look: nothing is missed.
         let dev = svc.reactor.irq(svc.con.vector());
@@ -124,9 +129,14 @@ async fn pump(svc: Arc<Service>) {
             if !rx.is_empty() {
                 c.on_bytes(&rx);
             }
-            if let Some(h) = keepalive {
+            if let Some((h, sent)) = keepalive {
                 if c.poll(h).is_some() {
                     keepalive = None;
+                } else if now.saturating_sub(sent) > KEEPALIVE_LOST_NS {
+                    c.cancel(h);
+                    keepalive = None;
+                    // Send the next one now rather than a second later.
+                    last_tx = 0;
                 }
             }
             match c.state() {
@@ -135,7 +145,7 @@ async fn pump(svc: Arc<Service>) {
                     hello_sent_at = now;
                 }
                 SessionState::Up { .. } if keepalive.is_none() && now.saturating_sub(last_tx) > KEEPALIVE_NS => {
-                    keepalive = Some(c.echo(&[]));
+                    keepalive = Some((c.echo(&[]), now));
                 }
                 _ => {}
             }

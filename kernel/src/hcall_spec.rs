@@ -15,6 +15,8 @@ pub enum HcallTest {
     Share { seed: u64 },
     /// `read:<seed>`: accept a grant, verify the pattern another wrote.
     Read { seed: u64 },
+    /// `cycle:<n>`: accept the first grant and return it, n times.
+    Cycle { count: u32 },
 }
 
 /// Most echoes one test may ask for.
@@ -28,11 +30,13 @@ fn number(s: &str) -> Option<u64> {
 }
 
 pub fn parse_test(spec: &str) -> Result<HcallTest, String> {
-    let (kind, arg) = spec.split_once(':').ok_or_else(|| format!("hcall_test={spec}: expected echo:<n>, share:<seed> or read:<seed>"))?;
+    let (kind, arg) = spec.split_once(':').ok_or_else(|| format!("hcall_test={spec}: expected echo:<n>, cycle:<n>, share:<seed> or read:<seed>"))?;
     let n = number(arg).ok_or_else(|| format!("hcall_test={spec}: {arg:?} is not a number"))?;
     match kind {
         "echo" if (1..=MAX_ECHOES).contains(&n) => Ok(HcallTest::Echo { count: n as u32 }),
         "echo" => Err(format!("hcall_test={spec}: count must be 1..={MAX_ECHOES}")),
+        "cycle" if (1..=MAX_ECHOES).contains(&n) => Ok(HcallTest::Cycle { count: n as u32 }),
+        "cycle" => Err(format!("hcall_test={spec}: count must be 1..={MAX_ECHOES}")),
         "share" => Ok(HcallTest::Share { seed: n }),
         "read" => Ok(HcallTest::Read { seed: n }),
         _ => Err(format!("hcall_test={spec}: unknown test {kind:?}")),
@@ -80,7 +84,8 @@ mod tests {
         assert_eq!(parse_test("echo:100"), Ok(HcallTest::Echo { count: 100 }));
         assert_eq!(parse_test("share:0x2a"), Ok(HcallTest::Share { seed: 42 }));
         assert_eq!(parse_test("read:7"), Ok(HcallTest::Read { seed: 7 }));
-        for bad in ["echo:0", "echo:x", "echo", "share:", "frob:1", "echo:2000000"] {
+        assert_eq!(parse_test("cycle:50"), Ok(HcallTest::Cycle { count: 50 }));
+        for bad in ["cycle:0", "echo:0", "echo:x", "echo", "share:", "frob:1", "echo:2000000"] {
             assert!(parse_test(bad).is_err(), "{bad}");
         }
     }

@@ -14,6 +14,10 @@ use hypercall_client::{Mapping, Placement};
 use lparos_kernel::executor::{timeout, Reactor};
 use lparos_kernel::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
 
+/// Time limit of one poll COPY (a COPY lost with a dying lparhv fails
+/// after this, and the next poll goes to the restarted one).
+const POLL_CALL_NS: u64 = 2_000_000_000;
+
 /// Bytes of a granted region the share/read tests touch at most.
 const SHARE_BYTES: u64 = 64 * 1024;
 /// How long the share/read tests wait for the session and a grant.
@@ -61,6 +65,61 @@ pub async fn echo(count: u32, reactor: Arc<Reactor>) -> bool {
     ok
 }
 
+/// `hcall_test=cycle:<n>`: waits for a GRANTED event, then accepts and
+/// returns that grant n times (a return leaves it `granted`, Figure 3C, so
+/// the same cookie is accepted again). One line:
+/// `@ev hcall_cycle ok= count= total_us= per_s= p50_us= p99_us= [error=]`.
+pub async fn cycle(count: u32, reactor: Arc<Reactor>) -> bool {
+    let sub = match hcall::subscribe() {
+        Ok(s) => s,
+        Err(e) => {
+            event(ev("hcall_cycle").field("ok", 0).field("error", format!("{e}")));
+            return false;
+        }
+    };
+    let deadline = reactor.now_ns() + GRANT_WAIT_NS;
+    let cookie = loop {
+        match timeout(&reactor, deadline, sub.next()).await {
+            Err(_) => {
+                event(ev("hcall_cycle").field("ok", 0).field("error", "no GRANTED event within 30 s"));
+                return false;
+            }
+            Ok(Event::Granted { cookie, .. }) => break cookie,
+            Ok(_) => {}
+        }
+    };
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut error = String::new();
+    let start = reactor.now_ns();
+    for i in 0..count {
+        let t0 = reactor.now_ns();
+        let m = match hcall::accept(cookie, Placement::Anywhere).await {
+            Ok(m) => m,
+            Err(e) => {
+                error = format!("accept {i}: {e} (rc {})", e.rc());
+                break;
+            }
+        };
+        if let Err(e) = hcall::return_mapping(m.laddr).await {
+            error = format!("return {i}: {e} (rc {})", e.rc());
+            break;
+        }
+        samples.push((reactor.now_ns() - t0) / 1000);
+    }
+    let total_us = (reactor.now_ns() - start) / 1000;
+    let ok = error.is_empty();
+    let done = samples.len() as u64;
+    let per_s = if total_us == 0 { 0 } else { done * 1_000_000 / total_us };
+    let p50 = percentile(&mut samples, 50);
+    let p99 = percentile(&mut samples, 99);
+    let mut line = ev("hcall_cycle").field("ok", ok as u8).field("count", done).field("total_us", total_us).field("per_s", per_s).field("p50_us", p50).field("p99_us", p99);
+    if !ok {
+        line = line.field("error", error);
+    }
+    event(line);
+    ok
+}
+
 /// Wait for a GRANTED event (the subscription was taken before the service
 /// could deliver anything) and accept it anywhere.
 async fn accept_first_grant(sub: &hcall::Subscription, reactor: &Arc<Reactor>, name: &str) -> Result<Mapping, String> {
@@ -80,11 +139,11 @@ async fn accept_first_grant(sub: &hcall::Subscription, reactor: &Arc<Reactor>, n
 /// `hcall_test=share:<seed>` (`write` = true) and `hcall_test=read:<seed>`.
 /// Returns false when the first phase failed; otherwise keeps running
 /// (the caller never sees it end).
-pub async fn share(test: HcallTest, return_after_ms: Option<u64>, reactor: Arc<Reactor>) -> bool {
+pub async fn share(test: HcallTest, return_after_ms: Option<u64>, poll_ms: Option<u64>, reactor: Arc<Reactor>) -> bool {
     let (seed, write) = match test {
         HcallTest::Share { seed } => (seed, true),
         HcallTest::Read { seed } => (seed, false),
-        HcallTest::Echo { .. } => return false,
+        HcallTest::Echo { .. } | HcallTest::Cycle { .. } => return false,
     };
     let name = if write { "share_written" } else { "share_read" };
     let sub = match hcall::subscribe() {
@@ -117,7 +176,7 @@ pub async fn share(test: HcallTest, return_after_ms: Option<u64>, reactor: Arc<R
         return false;
     }
     reactor.spawn("hcall_alive", alive(reactor.clone()));
-    watch(mapping, sub, return_after_ms, reactor).await;
+    watch(mapping, seed, sub, return_after_ms, poll_ms, reactor).await;
     true
 }
 
@@ -166,14 +225,49 @@ async fn alive(reactor: Arc<Reactor>) {
 }
 
 /// After the first phase: react to events about the mapping.
-async fn watch(mapping: Mapping, sub: hcall::Subscription, return_after_ms: Option<u64>, reactor: Arc<Reactor>) {
+async fn watch(
+    mapping: Mapping,
+    seed: u64,
+    sub: hcall::Subscription,
+    return_after_ms: Option<u64>,
+    poll_ms: Option<u64>,
+    reactor: Arc<Reactor>,
+) {
     let mut held = true;
     let mut return_at = return_after_ms.map(|ms| reactor.now_ns().saturating_add(ms.saturating_mul(1_000_000)));
+    let poll_ns = poll_ms.map(|ms| ms.saturating_mul(1_000_000));
+    let mut poll_at = poll_ns.map(|p| reactor.now_ns().saturating_add(p));
+    let mut polls: u64 = 0;
+    let mut last_rc: i64 = 0;
     loop {
-        let next = match return_at {
-            Some(at) if held => timeout(&reactor, at, sub.next()).await.ok(),
-            _ => Some(sub.next().await),
+        let wake = [return_at, poll_at].into_iter().flatten().min().filter(|_| held);
+        let next = match wake {
+            Some(at) => match timeout(&reactor, at, sub.next()).await {
+                Ok(e) => Some(e),
+                Err(_) => None,
+            },
+            None => Some(sub.next().await),
         };
+        // The poll timer: read the first 64 bytes of the region and check
+        // them against the pattern (a COPY that must keep working across
+        // an lparhv restart).
+        if next.is_none() && poll_at.is_some_and(|at| reactor.now_ns() >= at) && return_at.is_none_or(|r| reactor.now_ns() < r) {
+            poll_at = poll_ns.map(|p| reactor.now_ns().saturating_add(p));
+            let call = hypercall_client::Call::CopyFrom { laddr: mapping.laddr, len: 64 };
+            let (rc, mismatches) = match hcall::call_within(call, POLL_CALL_NS).await {
+                Ok(hypercall_client::Reply::Read(d)) => (0, pattern_mismatches(seed, 0, &d)),
+                Ok(_) => (-1, 0),
+                Err(e) => (e.rc(), 0),
+            };
+            if rc == 0 {
+                polls += 1;
+            }
+            if rc != last_rc || mismatches != 0 || (rc == 0 && polls % 10 == 1) {
+                event(ev("share_poll").field("n", polls).field("rc", rc).field("mismatches", mismatches));
+            }
+            last_rc = rc;
+            continue;
+        }
         match next {
             None => {
                 return_at = None;

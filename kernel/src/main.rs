@@ -252,11 +252,22 @@ fn start_hcall(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
             return;
         }
     };
+    let poll_ms = match cmdline.get_u64("hcall_test_poll") {
+        Ok(v) => v.map(|ms| ms.max(10)),
+        Err(e) => {
+            console::event(console::ev("hcall_error").field("what", "test").field("detail", e.to_string()));
+            spawn_test(reactor, "hcall_test", async { false });
+            return;
+        }
+    };
     match test {
         lparos_kernel::hcall_spec::HcallTest::Echo { count } => {
             spawn_test(reactor, "hcall_echo", hcall_test::echo(count, reactor.clone()));
         }
-        t => spawn_test(reactor, "hcall_share", hcall_test::share(t, return_after, reactor.clone())),
+        lparos_kernel::hcall_spec::HcallTest::Cycle { count } => {
+            spawn_test(reactor, "hcall_cycle", hcall_test::cycle(count, reactor.clone()));
+        }
+        t => spawn_test(reactor, "hcall_share", hcall_test::share(t, return_after, poll_ms, reactor.clone())),
     }
 }
 

@@ -119,6 +119,10 @@ pub struct PartitionConfig {
     pub nics: Vec<NicConfig>,
     pub disks: Vec<DiskConfig>,
     pub role: Role,
+    /// Memory regions this partition owns (a server partition): lparhv
+    /// keeps their bytes, the partition is their owner in the grant table,
+    /// and a failure of the partition is an owner failure for their clients.
+    pub memory: Vec<MemoryRegionConfig>,
 }
 
 /// One memory region the owner can grant.
@@ -285,6 +289,8 @@ struct RawPartition {
     disks: Vec<Spanned<RawDisk>>,
     #[serde(default)]
     role: Option<Role>,
+    #[serde(default)]
+    memory: Vec<Spanned<RawRegion>>,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +443,8 @@ impl Ctx<'_> {
 
         // Every name in one namespace: the owner and the partitions.
         let mut names: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        // Region names are one namespace too (the owner's and the partitions').
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         let owner = match raw.owner {
             None => OwnerConfig { name: DEFAULT_OWNER_NAME.into(), memory: Vec::new() },
             Some(o) => {
@@ -446,7 +454,6 @@ impl Ctx<'_> {
                     None => DEFAULT_OWNER_NAME.into(),
                 };
                 let mut memory = Vec::new();
-                let mut seen: BTreeSet<String> = BTreeSet::new();
                 for region in &o.memory {
                     let r = region.get_ref();
                     let rname = self.name(&r.name, "memory region name")?;
@@ -554,8 +561,23 @@ impl Ctx<'_> {
                     "write the kernel command line on one line without tabs or escapes",
                 ));
             }
+            let mut memory = Vec::new();
+            for region in &p.memory {
+                let r = region.get_ref();
+                let rname = self.name(&r.name, "memory region name")?;
+                if !seen.insert(rname.clone()) {
+                    return Err(self.error(
+                        Some(r.name.span()),
+                        format!("memory region {rname:?} is defined twice"),
+                        "give every memory region of the system (the owner's and the partitions') its own name",
+                    ));
+                }
+                let size = self.size(&r.size)?;
+                memory.push(MemoryRegionConfig { name: rname, size });
+            }
             partitions.push(PartitionConfig {
                 name: pname,
+                memory,
                 memory_mib,
                 vcpus,
                 image: self.resolve(p.image.get_ref()),

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 #[path = "hotplug_bench.rs"]
 mod hotplug_bench;
 
+#[path = "hcall_bench.rs"]
+mod hcall_bench;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -37,6 +40,15 @@ enum Which {
         #[arg(long, default_value = "q35")]
         machine: String,
     },
+    /// Hypercall channel: ECHO round trip (p50/p99) and accept/return cycles/s with 1 and 4 guests.
+    Hcall {
+        /// ECHO round trips to time.
+        #[arg(long, default_value_t = 2000)]
+        echoes: u32,
+        /// Accept/return cycles per guest.
+        #[arg(long, default_value_t = 300)]
+        cycles: u32,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
@@ -47,6 +59,7 @@ pub fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
             "pc" => hotplug_bench::run(ctx, runs, lparhv::qemu::Machine::Pc),
             other => bail!("unknown machine {other:?}: use q35 or pc"),
         },
+        Which::Hcall { echoes, cycles } => hcall_bench::run(ctx, echoes, cycles),
     }
 }
 

@@ -46,6 +46,15 @@ pub struct Target {
 }
 
 impl Target {
+    /// The state directory, when a config names it.
+    fn state_dir(&self) -> Result<Option<PathBuf>> {
+        let config = self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from));
+        match config {
+            Some(path) => Ok(Some(SystemConfig::load(&path)?.state_dir)),
+            None => Ok(self.control.as_ref().and_then(|c| c.parent().map(PathBuf::from))),
+        }
+    }
+
     fn socket(&self) -> Result<PathBuf> {
         if let Some(c) = &self.control {
             return Ok(c.clone());
@@ -174,9 +183,20 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             Ok(())
         }
         SystemCommand::Down(t) => {
-            control::call(&t.socket()?, &ControlRequest::Down)?;
-            println!("lparhv: shutdown requested");
-            Ok(())
+            match control::call(&t.socket()?, &ControlRequest::Down) {
+                Ok(_) => {
+                    println!("lparhv: shutdown requested");
+                    Ok(())
+                }
+                Err(e) => {
+                    // No daemon (lparhv was killed): its partitions may still
+                    // run detached; kill them from their run records.
+                    let Some(state_dir) = t.state_dir()? else { return Err(e) };
+                    let killed = lparhv::hcall::partitions::kill_all_recorded(&state_dir);
+                    println!("lparhv: no daemon ({e:#}); killed {} recorded partition(s): {}", killed.len(), killed.join(", "));
+                    Ok(())
+                }
+            }
         }
         SystemCommand::Grant(a) => {
             let req = ControlRequest::Grant { resource: a.resource, to: a.to, offset: a.offset, length: a.length };
@@ -212,7 +232,7 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             } else {
                 let rs: Vec<ResourceView> = serde_json::from_value(v)?;
                 for r in rs {
-                    println!("{} ({} bytes of {}, {}) file {}", r.name, r.size, r.kind, r.state, r.file.display());
+                    println!("{} ({} bytes of {}, owner {}, {}) file {}", r.name, r.size, r.kind, r.owner, r.state, r.file.display());
                     for g in r.grants {
                         println!(
                             "  {} grant {} {} -> {} [{:#x}, +{:#x}) owner {} client {}{}",

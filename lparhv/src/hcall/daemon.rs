@@ -5,18 +5,18 @@
 
 use super::control::ControlServer;
 use super::server::{lock, HcallServer};
-use super::system::{control_socket_path, hcall_socket_path, now_ms, Runtime, Shared, System};
+use super::system::{control_socket_path, hcall_socket_path, now_ms, Shared, System};
 use crate::config::SystemConfig;
 use crate::owner::{CookieSource, PartitionId};
-use crate::qemu::{Accel, Guest, GuestExit, GuestSpec};
-use anyhow::{Context, Result};
+use super::partitions::{RestartHandle, Supervisor};
+use crate::qemu::{Accel, GuestSpec};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Name of the guest's virtio-console port that carries the channel.
 pub const HCALL_PORT_NAME: &str = "lparos.hcall";
@@ -77,6 +77,7 @@ pub struct Daemon {
     recovery: JoinHandle<()>,
     shutdown: Arc<Notify>,
     supervisor: Option<Supervisor>,
+    restart: RestartSlot,
     control_path: PathBuf,
 }
 
@@ -88,13 +89,14 @@ impl Daemon {
         let system: Shared = Arc::new(Mutex::new(system));
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&system).set_recovery_sender(tx);
-        let recovery = tokio::spawn(recovery_timer(system.clone(), rx));
+        let restart: RestartSlot = Arc::new(Mutex::new(None));
+        let recovery = tokio::spawn(recovery_timer(system.clone(), restart.clone(), rx));
         let hcall = HcallServer::start(&system)?;
         let shutdown = Arc::new(Notify::new());
         let control_path = control_socket_path(&config.state_dir);
         let control = ControlServer::start(&system, &control_path, shutdown.clone())?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, control_path })
+        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path })
     }
 
     pub fn system(&self) -> &Shared {
@@ -110,29 +112,23 @@ impl Daemon {
         self.shutdown.notified().await
     }
 
-    /// Starts every partition's QEMU (the channel sockets exist already)
-    /// and a supervisor that notices exits.
+    /// Starts every partition's QEMU (the channel sockets exist already),
+    /// or reattaches to those a killed lparhv left running, and a
+    /// supervisor that notices exits.
     pub fn start_partitions(&mut self, accel: Accel, echo_console: bool) -> Result<()> {
-        let config = lock(&self.system).config().clone();
-        std::fs::create_dir_all(config.state_dir.join("qmp"))?;
-        std::fs::create_dir_all(config.state_dir.join("lan"))?;
-        let mut guests = Vec::new();
-        for p in &config.partitions {
-            let id = lock(&self.system).partition_id(&p.name).context("partition not registered")?;
-            let spec = guest_spec(&config, &p.name, accel).context("partition vanished from the config")?;
-            match Guest::spawn(&spec, echo_console) {
-                Ok(guest) => {
-                    info!(partition = %p.name, pid = guest.pid(), accel = %accel, "partition started");
-                    lock(&self.system).set_runtime(id, Runtime::Running { pid: guest.pid() });
-                    guests.push((id, guest));
-                }
-                Err(e) => {
-                    error!(partition = %p.name, "cannot start: {e:#}");
-                    lock(&self.system).set_runtime(id, Runtime::FailedToStart { error: format!("{e:#}") });
-                }
-            }
+        let names: Vec<String> = lock(&self.system).config().partitions.iter().map(|p| p.name.clone()).collect();
+        self.start_named(accel, echo_console, &names)
+    }
+
+    /// As [`Daemon::start_partitions`], for the named partitions only (the
+    /// others are left to whoever connects to their sockets: tests).
+    pub fn start_named(&mut self, accel: Accel, echo_console: bool, names: &[String]) -> Result<()> {
+        if self.supervisor.is_some() {
+            anyhow::bail!("partitions already started");
         }
-        self.supervisor = Some(Supervisor::start(self.system.clone(), guests));
+        let supervisor = Supervisor::start(self.system.clone(), names, accel, echo_console)?;
+        *self.restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(supervisor.restart_handle());
+        self.supervisor = Some(supervisor);
         Ok(())
     }
 
@@ -162,71 +158,34 @@ impl Daemon {
 }
 
 /// Finishes each owner-failure recovery at its deadline.
-async fn recovery_timer(system: Shared, mut rx: mpsc::UnboundedReceiver<(PartitionId, crate::owner::Millis)>) {
+/// Finishes each owner-failure recovery at its deadline, then starts a
+/// server partition again (lparhv itself never fails this way).
+async fn recovery_timer(system: Shared, restart: RestartSlot, mut rx: mpsc::UnboundedReceiver<(PartitionId, crate::owner::Millis)>) {
     while let Some((id, deadline)) = rx.recv().await {
         let system = system.clone();
+        let restart = restart.clone();
         tokio::spawn(async move {
             let wait = deadline.0.saturating_sub(now_ms().0);
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            if let Err(e) = lock(&system).finish_owner_recovery(id) {
-                warn!(partition = %id, "finishing owner recovery: {e}");
+            let owns = {
+                let mut sys = lock(&system);
+                if let Err(e) = sys.finish_owner_recovery(id) {
+                    warn!(partition = %id, "finishing owner recovery: {e}");
+                    return;
+                }
+                sys.owns_regions(id)
+            };
+            if owns {
+                if let Some(h) = restart.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    h.restart(id);
+                }
             }
         });
     }
 }
 
-/// Watches the QEMU processes from a thread (Guest is blocking). An exit is
-/// logged and handled as a partition failure; lparhv does not restart it.
-struct Supervisor {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Supervisor {
-    fn start(system: Shared, mut guests: Vec<(PartitionId, Guest)>) -> Supervisor {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("lparhv-supervisor".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    guests.retain_mut(|(id, guest)| {
-                        if guest.is_running() {
-                            return true;
-                        }
-                        let exit = guest.wait_exit(Duration::from_secs(1));
-                        let how = match &exit {
-                            Ok(GuestExit::Code(0)) | Ok(GuestExit::PoweredOff) => format!("{:?}", exit.as_ref().ok()),
-                            Ok(other) => format!("crashed: {other:?}"),
-                            Err(e) => format!("lost: {e:#}"),
-                        };
-                        let stderr = guest.stderr();
-                        warn!(partition = %guest.name, how, stderr, "partition exited");
-                        let mut sys = lock(&system);
-                        sys.set_runtime(*id, Runtime::Exited { how });
-                        if let Err(e) = sys.fail_partition(*id) {
-                            warn!(partition = %guest.name, "failure handling: {e}");
-                        }
-                        false
-                    });
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                for (_, mut guest) in guests {
-                    guest.kill();
-                    info!(partition = %guest.name, "partition killed");
-                }
-            })
-            .ok();
-        Supervisor { stop, thread }
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// Where the recovery timer finds the supervisor once partitions run.
+type RestartSlot = Arc<Mutex<Option<RestartHandle>>>;
 
 #[cfg(test)]
 mod tests {

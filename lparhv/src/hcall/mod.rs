@@ -8,7 +8,9 @@
 //! - `codes`: owner-model refusals → wire return codes, in one place.
 //! - `memory`: file-backed owner memory regions.
 //! - `control`: the JSON-lines control socket and its client.
-//! - `daemon`: what `lparhv up` runs, with QEMU supervision.
+//! - `daemon`: what `lparhv up` runs.
+//! - `partitions`: detached QEMU partitions (survive lparhv, reattached
+//!   after its restart) and their supervisor.
 //!
 //! `docs/lparhv.md` describes the behaviour; `docs/abi.md` the wire format.
 
@@ -16,6 +18,7 @@ pub mod codes;
 pub mod control;
 pub mod daemon;
 pub mod memory;
+pub mod partitions;
 pub mod server;
 pub mod system;
 

@@ -177,6 +177,8 @@ pub struct GrantView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceView {
     pub name: String,
+    /// lparhv's owner name, or the server partition that owns the region.
+    pub owner: String,
     pub id: u32,
     pub kind: String,
     pub size: u64,
@@ -263,6 +265,18 @@ pub struct System {
     recovery_tx: Option<RecoveryTx>,
 }
 
+/// Every memory region of the config with the name of its owner: lparhv's
+/// own (`[owner] memory`) and those of server partitions (`memory` of a
+/// `[[partition]]`).
+pub fn all_regions(config: &SystemConfig) -> Vec<(&str, &crate::config::MemoryRegionConfig)> {
+    let mut out: Vec<(&str, &crate::config::MemoryRegionConfig)> =
+        config.owner.memory.iter().map(|r| (config.owner.name.as_str(), r)).collect();
+    for p in &config.partitions {
+        out.extend(p.memory.iter().map(|r| (p.name.as_str(), r)));
+    }
+    out
+}
+
 /// Where a partition's hypercall socket is.
 pub fn hcall_socket_path(state_dir: &Path, partition: &str) -> PathBuf {
     state_dir.join("hcall").join(format!("{partition}.sock"))
@@ -301,7 +315,7 @@ impl System {
             );
         }
         let mut resource_ids = HashMap::new();
-        for r in &config.owner.memory {
+        for (_, r) in all_regions(config) {
             resource_ids.insert(r.name.clone(), ResourceId(Registry::id_for(&mut registry.resources, &r.name)));
         }
         registry.save(&registry_path)?;
@@ -326,8 +340,9 @@ impl System {
             }
         }
         let mut memory = MemoryRegions::default();
-        for r in &config.owner.memory {
+        for (owner_name, r) in all_regions(config) {
             let id = resource_ids[&r.name];
+            let owner = ids[owner_name];
             match table.resource(id) {
                 None => {
                     let size = r.size;
@@ -648,6 +663,27 @@ impl System {
         Ok(())
     }
 
+    /// The partition's QEMU ended (the supervisor noticed): the failure
+    /// handling of [`System::fail_partition`], and its HELLO nonce is
+    /// forgotten, so the next boot's HELLO is a first contact and not a
+    /// second failure.
+    pub fn partition_exited(&mut self, id: PartitionId) -> std::result::Result<(), OpError> {
+        let result = self.fail_partition(id);
+        let name = self.partition_name(id);
+        if self.registry.nonces.remove(&name).is_some() {
+            if let Err(e) = self.registry.save(&self.registry_path) {
+                warn!("cannot save the registry: {e:#}");
+            }
+        }
+        result
+    }
+
+    /// Whether the partition owns memory regions (a server partition,
+    /// restarted after its owner-failure recovery).
+    pub fn owns_regions(&self, id: PartitionId) -> bool {
+        id != self.owner && self.table.resources().any(|r| r.owner == id)
+    }
+
     /// Second half of an owner failure, at its deadline.
     pub fn finish_owner_recovery(&mut self, id: PartitionId) -> std::result::Result<(), OpError> {
         let now = now_ms();
@@ -896,7 +932,10 @@ impl System {
         let size = self.table.resource(rid).map_or(0, |r| r.length);
         let offset = offset.unwrap_or(0);
         let length = length.unwrap_or(size.saturating_sub(offset));
-        let owner = self.table.current_ref(self.owner).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
+        // The region's owner grants: lparhv itself, or a server partition
+        // on whose behalf the owner role acts.
+        let owner_id = self.table.resource(rid).map_or(self.owner, |r| r.owner);
+        let owner = self.table.current_ref(owner_id).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
         let request = GrantRequest { source: GrantSource::Owned(rid), client: to_id, offset, length, access: Access::ReadWrite };
         let cookies = &mut self.cookies;
         let receipt = self.store.apply(&mut self.table, |t| t.grant(cookies.as_mut(), owner, request)).map_err(|e| {
@@ -912,7 +951,7 @@ impl System {
             err
         })?;
         let wire = wire_cookie(receipt.cookie, receipt.client);
-        let from = self.name_of(self.owner);
+        let from = self.name_of(owner_id);
         info!(resource, to, cookie = %wire, "owner granted");
         self.log("grant", Some(to), format!("{} of {resource} [{offset:#x}, +{length:#x}) cookie {wire}", receipt.grant));
         self.push(to_id, Event::Granted { cookie: wire, length, from });
@@ -930,7 +969,15 @@ impl System {
         if for_id != pid {
             return Err(op_err(ReturnCode::NotFound, format!("cookie {cookie} was not made for {partition}")));
         }
-        let owner = self.table.current_ref(self.owner).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
+        // The granter of a top-level grant: lparhv, or the server partition
+        // that owns the region. Sub-grants are their granter's to rescind.
+        let (c, _, _) = split_cookie(&wire);
+        let granter_id = self
+            .table
+            .grants()
+            .find(|g| g.cookie == c && g.client.id == pid && g.parent.is_none())
+            .map_or(self.owner, |g| g.granter.id);
+        let owner = self.table.current_ref(granter_id).ok_or_else(|| op_err(ReturnCode::Hardware, "owner not registered"))?;
         let torn = self.rescind_as(owner, &wire, force)?;
         info!(cookie, partition, force, torn = torn.len(), "owner rescinded");
         Ok(RescindView { cookie: wire.to_string(), force, torn_down: torn.iter().map(|t| format!("{} of {}", t.grant, self.partition_name(t.client.id))).collect() })
@@ -938,12 +985,13 @@ impl System {
 
     pub fn resources(&self) -> Vec<ResourceView> {
         let mut out = Vec::new();
-        for r in &self.config.owner.memory {
+        for (_, r) in all_regions(&self.config) {
             let id = self.resource_ids[&r.name];
             let state = self.table.resource_state(id).map_or("unknown".into(), |s| format!("{s:?}"));
             let grants = self.table.grants().filter(|g| g.resource == id).map(|g| self.grant_view(g)).collect();
             let file = self.memory.get(id).map(|m| m.path.clone()).unwrap_or_default();
-            out.push(ResourceView { name: r.name.clone(), id: id.0, kind: "memory".into(), size: r.size, file, state, grants });
+            let owner = self.table.resource(id).map_or_else(String::new, |res| self.partition_name(res.owner));
+            out.push(ResourceView { name: r.name.clone(), owner, id: id.0, kind: "memory".into(), size: r.size, file, state, grants });
         }
         out
     }

@@ -1,0 +1,469 @@
+//! The managed system's partitions as *detached* QEMU processes, so they
+//! survive lparhv: each QEMU runs in its own session (setsid), without a
+//! parent-death signal, with its console in a file and its QMP socket in the
+//! state directory. `<state_dir>/run/<partition>.json` records the pid, the
+//! process start time (so a recycled pid is never mistaken for it), the QMP
+//! socket and the console file. A restarted lparhv reads those records and
+//! reattaches instead of starting the partition again; `lparhv down` kills
+//! them (also without a daemon, from the records).
+//!
+//! The tests' and the benchmarks' own guests (`qemu::Guest`) keep the
+//! parent-death signal: only the daemon's partitions are detached.
+
+use crate::qemu::{GuestExit, GuestSpec, QEMU};
+use crate::qmp::Qmp;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `<state_dir>/run/<partition>.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub name: String,
+    pub pid: u32,
+    /// Field 22 of /proc/<pid>/stat (clock ticks after boot) when recorded.
+    pub start_ticks: u64,
+    pub qmp: PathBuf,
+    pub console: PathBuf,
+    pub accel: String,
+    pub started_ms: u64,
+}
+
+pub fn run_record_path(state_dir: &Path, partition: &str) -> PathBuf {
+    state_dir.join("run").join(format!("{partition}.json"))
+}
+
+/// The console file of a partition (appended to across boots).
+pub fn console_path(state_dir: &Path, partition: &str) -> PathBuf {
+    state_dir.join("console").join(format!("{partition}.log"))
+}
+
+impl RunRecord {
+    pub fn load(state_dir: &Path, partition: &str) -> Option<RunRecord> {
+        let bytes = std::fs::read(run_record_path(state_dir, partition)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, state_dir: &Path) -> Result<()> {
+        let path = run_record_path(state_dir, &self.name);
+        std::fs::create_dir_all(path.parent().unwrap_or(state_dir))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn remove(state_dir: &Path, partition: &str) {
+        let _ = std::fs::remove_file(run_record_path(state_dir, partition));
+    }
+
+    /// Whether the recorded process still runs (same pid, same start time,
+    /// not a zombie).
+    pub fn alive(&self) -> bool {
+        proc_start_ticks(self.pid).is_some_and(|t| t == self.start_ticks)
+    }
+}
+
+/// Start time of a live (non-zombie) process, from /proc/<pid>/stat.
+pub fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is index 19.
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// The QEMU arguments of a detached partition: the spec's, with the serial
+/// console going to `console` (appended) instead of stdio.
+pub fn detached_args(spec: &GuestSpec, console: &Path) -> Vec<String> {
+    let mut args = spec.args();
+    if let Some(i) = args.windows(2).position(|w| w[0] == "-serial" && w[1] == "stdio") {
+        args[i + 1] = "chardev:con0".into();
+    }
+    args.push("-chardev".into());
+    args.push(format!("file,id=con0,path={},append=on", console.display()));
+    args
+}
+
+/// One detached partition.
+pub struct Detached {
+    pub name: String,
+    pub record: RunRecord,
+    /// Present when this lparhv started it (and must reap it).
+    child: Option<Child>,
+    exit: Option<String>,
+    pub reattached: bool,
+}
+
+impl Detached {
+    /// Starts QEMU for `spec` in its own session and records it.
+    pub fn spawn(spec: &GuestSpec, state_dir: &Path, accel: &str) -> Result<Detached> {
+        if !spec.kernel.is_file() {
+            bail!("kernel image {} not found: build it with `./run.sh build`", spec.kernel.display());
+        }
+        let console = console_path(state_dir, &spec.name);
+        std::fs::create_dir_all(console.parent().unwrap_or(state_dir))?;
+        let stderr_path = console.with_extension("stderr");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path)?;
+        let mut cmd = Command::new(QEMU);
+        cmd.args(detached_args(spec, &console)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        // SAFETY: runs in the forked child before exec and only calls
+        // setsid, which is async-signal-safe. Its own session keeps QEMU
+        // out of lparhv's process group and terminal, so a Ctrl-C or a
+        // kill of lparhv's group does not reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {QEMU} (is qemu-system-x86 installed? `./run.sh setup`)"))?;
+        let pid = child.id();
+        let start_ticks = proc_start_ticks(pid).unwrap_or(0);
+        let qmp = spec
+            .extra
+            .windows(2)
+            .find(|w| w[0] == "-qmp")
+            .and_then(|w| w[1].strip_prefix("unix:").map(|s| PathBuf::from(s.split(',').next().unwrap_or(s))))
+            .unwrap_or_default();
+        let record = RunRecord {
+            name: spec.name.clone(),
+            pid,
+            start_ticks,
+            qmp,
+            console,
+            accel: accel.into(),
+            started_ms: super::system::now_ms().0,
+        };
+        record.save(state_dir)?;
+        Ok(Detached { name: spec.name.clone(), record, child: Some(child), exit: None, reattached: false })
+    }
+
+    /// Takes over a partition a previous lparhv started: its process must
+    /// still be the recorded one and its QMP monitor must answer.
+    pub fn reattach(record: RunRecord) -> Result<Detached> {
+        if !record.alive() {
+            bail!("pid {} is gone (or is another process now)", record.pid);
+        }
+        let mut qmp = Qmp::connect(&record.qmp, Duration::from_secs(3))
+            .with_context(|| format!("connecting to QMP {}", record.qmp.display()))?;
+        let (status, running) = qmp.query_status().context("QMP query-status")?;
+        tracing::info!(partition = %record.name, pid = record.pid, status, running, "reattached to QMP");
+        Ok(Detached { name: record.name.clone(), record, child: None, exit: None, reattached: true })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.record.pid
+    }
+
+    /// Whether QEMU still runs; once it ended, [`Detached::exit`] says how.
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match &mut self.child {
+            Some(child) => match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    let how = match (status.code(), status.signal()) {
+                        (Some(0), _) => GuestExit::PoweredOff,
+                        (Some(c), _) if c % 2 == 1 => GuestExit::Code((c as u32 - 1) / 2),
+                        (Some(c), _) => GuestExit::QemuError(c),
+                        (None, Some(s)) => GuestExit::Signal(s),
+                        (None, None) => GuestExit::QemuError(-1),
+                    };
+                    self.exit = Some(format!("{how:?}"));
+                    false
+                }
+                Err(e) => {
+                    self.exit = Some(format!("lost: {e}"));
+                    false
+                }
+            },
+            None => {
+                if self.record.alive() {
+                    true
+                } else {
+                    // Not our child: its parent (init or a subreaper) reaped it.
+                    self.exit = Some("exited (reattached: exit status unknown)".into());
+                    false
+                }
+            }
+        }
+    }
+
+    pub fn exit(&self) -> Option<&str> {
+        self.exit.as_deref()
+    }
+
+    /// SIGKILL and reap (when ours); forget the record.
+    pub fn kill(&mut self, state_dir: &Path) {
+        if self.is_running() {
+            kill_recorded(&self.record);
+            if let Some(child) = &mut self.child {
+                let _ = child.wait();
+            } else {
+                for _ in 0..100 {
+                    if !self.record.alive() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            self.exit = Some("killed".into());
+        }
+        RunRecord::remove(state_dir, &self.name);
+    }
+}
+
+/// SIGKILL the recorded process if it is still the recorded one.
+pub fn kill_recorded(record: &RunRecord) -> bool {
+    if !record.alive() {
+        return false;
+    }
+    let Ok(pid) = i32::try_from(record.pid) else { return false };
+    // SAFETY: kill(2) with a pid we checked is the recorded QEMU (same
+    // start time); no memory is shared with the callee.
+    unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+}
+
+/// `lparhv down` without a daemon: kill every recorded partition of the
+/// state directory. Returns the names killed.
+pub fn kill_all_recorded(state_dir: &Path) -> Vec<String> {
+    let mut killed = Vec::new();
+    let Ok(dir) = std::fs::read_dir(state_dir.join("run")) else { return killed };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(record) = serde_json::from_slice::<RunRecord>(&bytes) else { continue };
+        if kill_recorded(&record) {
+            killed.push(record.name.clone());
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
+/// Copies new lines of a console file to stdout as `[name] line` until
+/// `stop` is set. Starts at the file's end as it is now.
+pub fn echo_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new().name(format!("{name}-console")).spawn(move || {
+        let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut partial = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if len < offset {
+                    offset = 0;
+                }
+                if len > offset && f.seek(SeekFrom::Start(offset)).is_ok() {
+                    let mut reader = BufReader::new(f);
+                    let mut line = String::new();
+                    while let Ok(n) = reader.read_line(&mut line) {
+                        if n == 0 {
+                            break;
+                        }
+                        offset += n as u64;
+                        if line.ends_with('\n') {
+                            partial.push_str(line.trim_end_matches(['\n', '\r']));
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "[{name}] {partial}");
+                            partial.clear();
+                        } else {
+                            partial.push_str(&line);
+                        }
+                        line.clear();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qemu::Accel;
+
+    #[test]
+    fn console_goes_to_a_file() {
+        let spec = GuestSpec::new("p1", Path::new("/k"), Accel::Tcg);
+        let a = detached_args(&spec, Path::new("/s/console/p1.log")).join(" ");
+        assert!(a.contains("-serial chardev:con0"), "{a}");
+        assert!(!a.contains("-serial stdio"), "{a}");
+        assert!(a.contains("-chardev file,id=con0,path=/s/console/p1.log,append=on"), "{a}");
+    }
+
+    #[test]
+    fn own_process_is_alive_and_others_are_not() {
+        let me = std::process::id();
+        let ticks = proc_start_ticks(me).expect("own stat");
+        let rec = |start_ticks| RunRecord {
+            name: "x".into(),
+            pid: me,
+            start_ticks,
+            qmp: PathBuf::new(),
+            console: PathBuf::new(),
+            accel: "tcg".into(),
+            started_ms: 0,
+        };
+        assert!(rec(ticks).alive());
+        assert!(!rec(ticks + 1).alive(), "a recycled pid must not match");
+    }
+}
+
+// ----- the supervisor ----------------------------------------------------------
+
+use super::server::lock;
+use super::system::{Runtime, Shared};
+use crate::config::SystemConfig;
+use crate::owner::PartitionId;
+use crate::qemu::Accel;
+use std::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Watches the detached partitions from a thread: an exit is logged and
+/// handled as a partition failure (`System::partition_exited`). A partition
+/// that owns regions is started again once its owner-failure recovery is
+/// finished ([`Supervisor::restart_handle`]); others stay down.
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    restart_tx: mpsc::Sender<PartitionId>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Asks the supervisor to start a partition again.
+#[derive(Clone)]
+pub struct RestartHandle(mpsc::Sender<PartitionId>);
+
+impl RestartHandle {
+    pub fn restart(&self, id: PartitionId) {
+        let _ = self.0.send(id);
+    }
+}
+
+fn spawn_one(system: &Shared, config: &SystemConfig, name: &str, accel: Accel, echo: &Option<Arc<AtomicBool>>) -> Option<(PartitionId, Detached)> {
+    let id = lock(system).partition_id(name)?;
+    let spec = super::daemon::guest_spec(config, name, accel)?;
+    match Detached::spawn(&spec, &config.state_dir, accel.as_str()) {
+        Ok(d) => {
+            info!(partition = %name, pid = d.pid(), accel = %accel, "partition started (detached)");
+            lock(system).set_runtime(id, Runtime::Running { pid: d.pid() });
+            if let Some(stop) = echo {
+                echo_console(name.to_string(), d.record.console.clone(), stop.clone());
+            }
+            Some((id, d))
+        }
+        Err(e) => {
+            error!(partition = %name, "cannot start: {e:#}");
+            lock(system).set_runtime(id, Runtime::FailedToStart { error: format!("{e:#}") });
+            None
+        }
+    }
+}
+
+impl Supervisor {
+    /// Reattaches to every named partition a previous lparhv left running
+    /// (recorded in `<state_dir>/run/`), starts the others, and watches them.
+    pub fn start(system: Shared, names: &[String], accel: Accel, echo: bool) -> Result<Supervisor> {
+        let config = lock(&system).config().clone();
+        std::fs::create_dir_all(config.state_dir.join("qmp"))?;
+        std::fs::create_dir_all(config.state_dir.join("lan"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let echo_stop = echo.then(|| stop.clone());
+        let mut guests: Vec<(PartitionId, Detached)> = Vec::new();
+        for name in names {
+            let Some(id) = lock(&system).partition_id(name) else { bail!("no partition {name:?} in the config") };
+            if let Some(record) = RunRecord::load(&config.state_dir, name) {
+                match Detached::reattach(record) {
+                    Ok(d) => {
+                        info!(partition = %name, pid = d.pid(), "partition reattached");
+                        lock(&system).set_runtime(id, Runtime::Running { pid: d.pid() });
+                        if let Some(stop) = &echo_stop {
+                            echo_console(name.clone(), d.record.console.clone(), stop.clone());
+                        }
+                        guests.push((id, d));
+                        continue;
+                    }
+                    Err(e) => {
+                        // It ended while lparhv was away; a new boot HELLOs
+                        // with a new nonce, which is handled as a reboot.
+                        warn!(partition = %name, "recorded QEMU cannot be reattached ({e:#}); starting it again");
+                        RunRecord::remove(&config.state_dir, name);
+                    }
+                }
+            }
+            if let Some(g) = spawn_one(&system, &config, name, accel, &echo_stop) {
+                guests.push(g);
+            }
+        }
+        let (restart_tx, restart_rx) = mpsc::channel::<PartitionId>();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lparhv-supervisor".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    guests.retain_mut(|(id, guest)| {
+                        if guest.is_running() {
+                            return true;
+                        }
+                        let how = guest.exit().unwrap_or("unknown").to_string();
+                        warn!(partition = %guest.name, how, "partition exited");
+                        RunRecord::remove(&config.state_dir, &guest.name);
+                        let mut sys = lock(&system);
+                        sys.set_runtime(*id, Runtime::Exited { how });
+                        if let Err(e) = sys.partition_exited(*id) {
+                            warn!(partition = %guest.name, "failure handling: {e}");
+                        }
+                        false
+                    });
+                    match restart_rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(id) => {
+                            if guests.iter().any(|(g, _)| *g == id) {
+                                continue;
+                            }
+                            let name = lock(&system).partition_name(id);
+                            info!(partition = %name, "restarting the partition after its owner-failure recovery");
+                            if let Some(g) = spawn_one(&system, &config, &name, accel, &echo_stop) {
+                                guests.push(g);
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+                for (_, mut guest) in guests {
+                    guest.kill(&config.state_dir);
+                    info!(partition = %guest.name, "partition killed");
+                }
+            })?;
+        Ok(Supervisor { stop, restart_tx, thread: Some(thread) })
+    }
+
+    pub fn restart_handle(&self) -> RestartHandle {
+        RestartHandle(self.restart_tx.clone())
+    }
+
+    /// Kills every partition, forgets their records and returns when done.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

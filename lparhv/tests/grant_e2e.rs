@@ -1,0 +1,396 @@
+//! End to end: the real lparhv daemon (channel server, owner table, control
+//! socket, detached QEMU partitions) with real lparos guests under QEMU,
+//! plus raw `hypercall-client` guests where a partition must misbehave on
+//! purpose. Issue 3's integration tests (a)-(e); every wait is bounded and
+//! every QEMU is killed at the end (also on failure).
+
+mod common_e2e;
+
+use common_e2e::*;
+use hypercall_client::hypercall_abi::{Event as HcEvent, ReturnCode};
+use hypercall_client::{CallError, Reply};
+use lparhv::hcall::control::{self, ControlRequest};
+use lparhv::hcall::partitions::{kill_all_recorded, proc_start_ticks, RunRecord};
+use lparhv::hcall::server::lock;
+use lparhv::hcall::system::{parse_wire_cookie, StatusView};
+use lparhv::hcall::control_socket_path;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(20);
+const STEP: Duration = Duration::from_secs(10);
+const REGION: usize = 64 * 1024;
+
+/// (a) grant → accept → the guest writes the pattern → lparhv reads the
+/// region file and a second client (its own cookie for the same region)
+/// reads the same bytes → return (asked for by a normal rescind) → the
+/// normal rescind succeeds.
+#[test]
+fn share_read_by_host_and_second_client_then_normal_rescind() {
+    let accel = accel();
+    let (cfg, _) = write_config(
+        "a",
+        &[("shm0", "64KiB")],
+        &[Part { name: "w", cmdline: "hcall_test=share:11", memory: &[] }, Part { name: "r", cmdline: "hcall_test=read:11", memory: &[] }],
+        &[("hv", &["w", "r"])],
+    );
+    let sys = InProcess::start(&cfg, &["w", "r"], accel);
+    let (mut w, mut r) = (sys.console("w"), sys.console("r"));
+    w.wait_name("hcall_up", BOOT);
+    r.wait_name("hcall_up", BOOT);
+
+    let cw = sys.grant("shm0", "w", None, None);
+    let ev = w.wait_name("share_written", STEP);
+    assert_eq!(field(&ev, "ok"), "1", "{}", w.tail());
+    assert_eq!(field(&ev, "cookie"), cw);
+
+    // lparhv reads the region file: the guest's bytes, all of them.
+    let file = sys.config.state_dir.join("mem/shm0.mem");
+    let bytes = std::fs::read(&file).unwrap();
+    let want = lparhv::pattern::pattern_bytes(11, (REGION / 512) as u64);
+    assert_eq!(bytes.len(), REGION);
+    assert!(bytes == want, "region file differs from the pattern");
+
+    // A second client, its own cookie for the same region, reads them.
+    let cr = sys.grant("shm0", "r", None, None);
+    assert_ne!(cr, cw, "each client gets its own cookie");
+    let ev = r.wait_name("share_read", STEP);
+    assert_eq!((field(&ev, "ok"), field(&ev, "mismatches")), ("1", "0"), "{}", r.tail());
+
+    // Normal rescind while accepted: H_BUSY and RETURN_REQUESTED; the guest
+    // returns; the rescind then succeeds.
+    for (who, cookie, con) in [("w", &cw, &mut w), ("r", &cr, &mut r)] {
+        let err = lock(&sys.system()).owner_rescind(cookie, who, false).unwrap_err();
+        assert_eq!(err.code, ReturnCode::Busy, "{err}");
+        let ev = con.wait_name("share_returned", STEP);
+        assert_eq!((field(&ev, "reason"), field(&ev, "rc")), ("requested", "0"));
+        let done = lock(&sys.system()).owner_rescind(cookie, who, false).expect("rescind after return");
+        assert_eq!(done.torn_down.len(), 1);
+        let ev = con.wait(STEP, |e| e.name == "hcall_event" && e.get("kind") == Some("rescinded")).unwrap().0;
+        assert_eq!(field(&ev, "forced"), "0");
+    }
+    sys.assert_clean();
+    // The guests are still serving.
+    w.wait_name("alive", STEP);
+    r.wait_name("alive", STEP);
+    for c in [&w, &r] {
+        assert!(!c.seen.iter().any(|l| l.contains("what=event_dropped")), "a guest dropped an event:\n{}", c.tail());
+    }
+}
+
+/// (b) forced rescind while the guest uses the region: its next access gets
+/// H_RESCINDED (-46), it returns the mapping, and its other work (the
+/// `alive` echoes) goes on.
+#[test]
+fn forced_rescind_confines_the_failure() {
+    let accel = accel();
+    let (cfg, _) = write_config(
+        "b",
+        &[("shm0", "64KiB")],
+        &[Part { name: "f", cmdline: "hcall_test=share:5 hcall_test_poll=50", memory: &[] }],
+        &[("hv", &["f"])],
+    );
+    let sys = InProcess::start(&cfg, &["f"], accel);
+    let mut f = sys.console("f");
+    f.wait_name("hcall_up", BOOT);
+    let cookie = sys.grant("shm0", "f", None, None);
+    assert_eq!(field(&f.wait_name("share_written", STEP), "ok"), "1", "{}", f.tail());
+    // It is using the region (polling COPYs that succeed).
+    let ev = f.wait(STEP, |e| e.name == "share_poll").unwrap().0;
+    assert_eq!(field(&ev, "rc"), "0");
+    let alive_before: u64 = field(&f.wait_name("alive", STEP), "n").parse().unwrap();
+
+    let view = lock(&sys.system()).owner_rescind(&cookie, "f", true).expect("forced rescind");
+    assert!(view.force && view.torn_down.len() == 1, "{view:?}");
+    assert_eq!(field(&f.wait_name("share_rescinded", STEP), "forced"), "1");
+    let access = f.wait_name("share_access", STEP);
+    assert_eq!(field(&access, "rc"), "-46", "H_RESCINDED expected\n{}", f.tail());
+    let ret = f.wait_name("share_returned", STEP);
+    assert_eq!((field(&ret, "reason"), field(&ret, "rc")), ("rescinded", "0"));
+    // Alive after the rescind, and beyond where it was.
+    let mut later = 0;
+    for _ in 0..2 {
+        later = field(&f.wait_name("alive", STEP), "n").parse().unwrap();
+    }
+    assert!(later >= alive_before + 20, "alive stalled: {alive_before} -> {later}");
+    sys.assert_clean();
+}
+
+/// (c) client A's cookie presented by client B (on B's own channel) is
+/// refused, for every call that takes a cookie; A can still use it.
+#[test]
+fn cookie_of_another_partition_is_useless() {
+    let (cfg, _) = write_config(
+        "c",
+        &[("shm0", "64KiB")],
+        &[Part { name: "ca", cmdline: "", memory: &[] }, Part { name: "cb", cmdline: "", memory: &[] }],
+        &[("hv", &["ca", "cb"])],
+    );
+    // No QEMU: both partitions are raw clients on their channel sockets.
+    let sys = InProcess::start(&cfg, &[], lparhv::qemu::Accel::Tcg);
+    let mut a = sys.raw("ca");
+    let mut b = sys.raw("cb");
+    let cookie_a = parse_wire_cookie(&sys.grant("shm0", "ca", None, None)).unwrap();
+    let (got, _) = a.wait_event(STEP, |e| matches!(e, HcEvent::Granted { .. })).expect("GRANTED to A");
+    assert!(matches!(got, HcEvent::Granted { cookie, .. } if cookie == cookie_a));
+    b.pump();
+    assert!(b.events.is_empty(), "B heard about A's grant: {:?}", b.events);
+
+    let not_found = ReturnCode::NotFound.raw();
+    let rc = |r: Result<Reply, CallError>| r.err().map_or(0, |e| e.rc());
+    assert_eq!(rc(b.accept(cookie_a)), not_found, "B accepting A's cookie");
+    let h = b.client.rescind(cookie_a, true);
+    assert_eq!(rc(b.wait(h)), not_found, "B rescinding A's cookie");
+    // A flipped bit in the secret half is as useless to A itself.
+    let mut forged = cookie_a;
+    forged.0[3] ^= 0x10;
+    assert_eq!(rc(a.accept(forged)), not_found, "A accepting a forged cookie");
+
+    let Ok(Reply::Accepted(m)) = a.accept(cookie_a) else { panic!("A cannot accept its own cookie") };
+    // B has nothing at A's logical address either.
+    let h = b.client.copy_from(m.laddr, 64);
+    assert_eq!(rc(b.wait(h)), not_found, "B reading at A's address");
+    let h = a.client.copy_from(m.laddr, 64);
+    assert!(a.wait(h).is_ok());
+    let h = a.client.return_mapping(m.laddr);
+    a.wait(h).unwrap();
+    let c = sys.resources_cookie("shm0", "ca");
+    lock(&sys.system()).owner_rescind(&c, "ca", false).unwrap();
+    sys.assert_clean();
+}
+
+/// (d) owner failure with the grace, timed: the server partition `srv`
+/// owns region `srvmem` and granted half to a guest (`c1`, QEMU, returns
+/// on OWNER_FAILURE) and half to a raw client (`c2`, does not return).
+/// srv's QEMU is killed: both get OWNER_FAILURE, c1 returns inside the
+/// grace, c2's grant is force-rescinded when the grace ends (≥ 2 s), the
+/// region is back, nothing leaked, and srv is started again.
+#[test]
+fn owner_failure_grace_then_forced_rescind() {
+    let accel = accel();
+    let (cfg, state) = write_config(
+        "d",
+        &[],
+        &[
+            Part { name: "srv", cmdline: "", memory: &[("srvmem", "128KiB")] },
+            Part { name: "c1", cmdline: "hcall_test=share:3", memory: &[] },
+            Part { name: "c2", cmdline: "", memory: &[] },
+        ],
+        &[("srv", &["c1", "c2"])],
+    );
+    let sys = InProcess::start(&cfg, &["srv", "c1"], accel);
+    let (mut srv, mut c1) = (sys.console("srv"), sys.console("c1"));
+    srv.wait_name("hcall_up", BOOT);
+    c1.wait_name("hcall_up", BOOT);
+    let mut c2 = sys.raw("c2");
+
+    sys.grant("srvmem", "c1", Some(0), Some(65536));
+    assert_eq!(field(&c1.wait_name("share_written", STEP), "ok"), "1", "{}", c1.tail());
+    let c2_cookie = parse_wire_cookie(&sys.grant("srvmem", "c2", Some(65536), Some(65536))).unwrap();
+    c2.wait_event(STEP, |e| matches!(e, HcEvent::Granted { .. })).expect("GRANTED to c2");
+    let Ok(Reply::Accepted(m2)) = c2.accept(c2_cookie) else { panic!("c2 accept") };
+
+    let record = RunRecord::load(&state, "srv").expect("srv run record");
+    let gen_before = sys.status().partitions.iter().find(|p| p.name == "srv").unwrap().generation;
+    // Kill the owner.
+    let killed_at = Instant::now();
+    let st = Command::new("kill").args(["-9", &record.pid.to_string()]).status().unwrap();
+    assert!(st.success());
+
+    let (_, c2_notified) = c2
+        .wait_event(Duration::from_secs(5), |e| matches!(e, HcEvent::OwnerFailure { .. }))
+        .expect("OWNER_FAILURE to c2");
+    let (ev, c1_notified) = c1
+        .wait(Duration::from_secs(5), |e| e.name == "hcall_event" && e.get("kind") == Some("owner_failure"))
+        .expect("OWNER_FAILURE to c1");
+    assert_eq!((field(&ev, "owner"), field(&ev, "grace_ms")), ("srv", "2000"));
+    let (ev, c1_returned) = c1.wait(Duration::from_secs(3), |e| e.name == "owner_failure_returned").expect("c1 returns");
+    assert_eq!(field(&ev, "count"), "1");
+    // c2 keeps its mapping until the grace is over, then loses it.
+    let (ev, c2_rescinded) = c2
+        .wait_event(Duration::from_secs(6), |e| matches!(e, HcEvent::Rescinded { forced: true, .. }))
+        .expect("forced RESCINDED to c2 after the grace");
+    assert!(matches!(ev, HcEvent::Rescinded { cookie, laddr: Some(l), .. } if cookie == c2_cookie && l == m2.laddr));
+    let grace = c2_rescinded - c2_notified;
+    println!(
+        "owner failure timings: kill -> c2 notified {:?}, kill -> c1 notified {:?}, c1 returned {:?} after its notice, \
+         c2 force-rescinded {:?} after its notice (grace 2000 ms), kill -> rescind {:?}",
+        c2_notified - killed_at,
+        c1_notified - killed_at,
+        c1_returned.saturating_duration_since(c1_notified),
+        grace,
+        c2_rescinded - killed_at
+    );
+    assert!(grace >= Duration::from_millis(1950), "rescinded before the grace was over: {grace:?}");
+    assert!(grace <= Duration::from_millis(3500), "rescinded late: {grace:?}");
+    let h = c2.client.copy_from(m2.laddr, 64);
+    assert_eq!(c2.wait(h).err().map(|e| e.rc()), Some(ReturnCode::Rescinded.raw()));
+    let h = c2.client.return_mapping(m2.laddr);
+    c2.wait(h).expect("returning a force-rescinded grant succeeds");
+    sys.assert_clean();
+
+    // The owner is started again, as a new incarnation.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sys.status();
+        let p = s.partitions.iter().find(|p| p.name == "srv").unwrap();
+        if let lparhv::hcall::system::Runtime::Running { pid } = p.runtime {
+            if pid != record.pid && p.channel.starts_with("session") {
+                assert!(p.generation > gen_before, "{p:?}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "srv was not restarted: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And it can grant again.
+    sys.grant("srvmem", "c2", None, None);
+}
+
+/// A `lparhv up` process on a config, killed with SIGKILL by the test.
+struct UpProcess {
+    child: Option<Child>,
+}
+
+impl UpProcess {
+    fn start(cfg: &Path, accel: lparhv::qemu::Accel, log: &Path) -> UpProcess {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lparhv"))
+            .args(["up", cfg.to_str().unwrap(), "--quiet"])
+            .env("LPAROS_ACCEL", accel.as_str())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        UpProcess { child: Some(child) }
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+fn control(state: &Path, req: &ControlRequest) -> serde_json::Value {
+    let sock = control_socket_path(state);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match control::call(&sock, req) {
+            Ok(v) => return v,
+            Err(e) => {
+                let text = format!("{e:#}");
+                let refused = text.contains("connect") || text.contains("No such file") || text.contains("refused");
+                assert!(refused && Instant::now() < deadline, "control {req:?}: {text}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// (e) lparhv is SIGKILLed and restarted in the middle of a sharing
+/// session: the guests keep running (same QEMU processes), the new lparhv
+/// reattaches to their QMP sockets and channels, the guests HELLO again
+/// with their old nonce, no grant is lost or leaked, and the guests' next
+/// COPYs succeed.
+#[test]
+fn lparhv_killed_and_restarted_mid_session() {
+    let accel = accel();
+    let (cfg, state) = write_config(
+        "e",
+        &[("shm0", "64KiB")],
+        &[
+            Part { name: "w", cmdline: "hcall_test=share:21 hcall_test_poll=200", memory: &[] },
+            Part { name: "r", cmdline: "hcall_test=read:21 hcall_test_poll=200", memory: &[] },
+        ],
+        &[("hv", &["w", "r"])],
+    );
+    struct Cleanup<'a>(&'a Path, &'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            kill_all_recorded(self.0);
+            let _ = std::fs::remove_dir_all(self.0);
+            let _ = std::fs::remove_file(self.1);
+            let _ = std::fs::remove_file(self.0.with_extension("log"));
+        }
+    }
+    let log = state.with_extension("log");
+    let _cleanup = Cleanup(&state, &cfg);
+    let mut up = UpProcess::start(&cfg, accel, &log);
+    control(&state, &ControlRequest::Status);
+    let con = |n: &str| Console::new(&lparhv::hcall::partitions::console_path(&state, n), n);
+    let (mut w, mut r) = (con("w"), con("r"));
+    w.wait_name("hcall_up", BOOT);
+    r.wait_name("hcall_up", BOOT);
+    let grant = |to: &str| control(&state, &ControlRequest::Grant { resource: "shm0".into(), to: to.into(), offset: None, length: None });
+    grant("w");
+    assert_eq!(field(&w.wait_name("share_written", STEP), "ok"), "1", "{}", w.tail());
+    grant("r");
+    let ev = r.wait_name("share_read", STEP);
+    assert_eq!(field(&ev, "mismatches"), "0", "{}", r.tail());
+    w.wait(STEP, |e| e.name == "share_poll" && e.get("rc") == Some("0")).unwrap();
+
+    let before = control(&state, &ControlRequest::Resources);
+    let status_before: StatusView = serde_json::from_value(control(&state, &ControlRequest::Status)).unwrap();
+    let pids: Vec<RunRecord> = ["w", "r"].iter().map(|n| RunRecord::load(&state, n).unwrap()).collect();
+
+    up.sigkill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    for rec in &pids {
+        assert!(rec.alive(), "{} died with lparhv", rec.name);
+    }
+    w.skip_to_end();
+    r.skip_to_end();
+    let mut up = UpProcess::start(&cfg, accel, &log);
+    let after = control(&state, &ControlRequest::Resources);
+    assert_eq!(before, after, "grants changed across the restart");
+    for (c, name) in [(&mut w, "w"), (&mut r, "r")] {
+        let (ev, at) = c
+            .wait(Duration::from_secs(15), |e| e.name == "hcall_up")
+            .unwrap_or_else(|e| panic!("{name} did not HELLO again: {e}"));
+        assert_eq!((field(&ev, "renegotiated"), field(&ev, "host_changed")), ("1", "1"));
+        let (ev, copy_at) = c
+            .wait(Duration::from_secs(15), |e| e.name == "share_poll" && e.get("rc") == Some("0"))
+            .unwrap_or_else(|e| panic!("{name}: no successful COPY after the restart: {e}"));
+        assert_eq!(field(&ev, "mismatches"), "0");
+        println!(
+            "{name}: lparhv SIGKILL -> guest re-HELLO {:?}, -> next successful COPY {:?}",
+            at - killed,
+            copy_at - killed
+        );
+    }
+    let status_after: StatusView = serde_json::from_value(control(&state, &ControlRequest::Status)).unwrap();
+    assert_ne!(status_after.host_session, status_before.host_session);
+    for (a, b) in status_before.partitions.iter().zip(&status_after.partitions) {
+        assert_eq!((a.id, a.generation), (b.id, b.generation), "a partition was treated as rebooted");
+        assert!(b.channel.starts_with("session"), "{b:?}");
+    }
+    for rec in &pids {
+        let now = RunRecord::load(&state, &rec.name).expect("record kept");
+        assert_eq!((now.pid, now.start_ticks), (rec.pid, rec.start_ticks), "{} was restarted, not reattached", rec.name);
+    }
+    assert_eq!(control(&state, &ControlRequest::Resources), before, "grants changed after the sessions came back");
+
+    // `down` kills the partitions.
+    control(&state, &ControlRequest::Down);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|r| proc_start_ticks(r.pid) == Some(r.start_ticks)) {
+        assert!(Instant::now() < deadline, "down left QEMU running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(mut c) = up.child.take() {
+        let st = c.wait().unwrap();
+        assert!(st.success(), "lparhv up exited with {st}");
+    }
+    assert!(RunRecord::load(&state, "w").is_none());
+}
