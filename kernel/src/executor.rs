@@ -96,7 +96,9 @@ pub struct Reactor {
     cancelled: Mutex<Vec<TaskId>>,
     alive: Mutex<BTreeMap<TaskId, &'static str>>,
     timers: Mutex<BTreeMap<(u64, u64), Waker>>,
-    irq_waiters: Mutex<Vec<(u8, Waker)>>,
+    /// Registered interrupt waits by registration key: (vector, waker).
+    irq_waiters: Mutex<BTreeMap<u64, (u8, Waker)>>,
+    next_irq_key: AtomicU64,
 }
 
 #[derive(Default)]
@@ -148,7 +150,8 @@ impl Reactor {
             cancelled: Mutex::new(Vec::new()),
             alive: Mutex::new(BTreeMap::new()),
             timers: Mutex::new(BTreeMap::new()),
-            irq_waiters: Mutex::new(Vec::new()),
+            irq_waiters: Mutex::new(BTreeMap::new()),
+            next_irq_key: AtomicU64::new(0),
         })
     }
 
@@ -209,7 +212,7 @@ impl Reactor {
     /// A future that resolves once `vector` fires after this call. Create it
     /// *before* checking the device, then await it: no interrupt is missed.
     pub fn irq(self: &Arc<Self>, vector: u8) -> IrqWait {
-        IrqWait { reactor: self.clone(), vector, seen: self.irqs.count(vector) }
+        IrqWait { reactor: self.clone(), vector, seen: self.irqs.count(vector), key: None }
     }
 
     fn has_work(&self) -> bool {
@@ -224,14 +227,12 @@ impl Reactor {
     fn dispatch(&self) {
         let pending = self.irqs.take_pending();
         if pending.iter().any(|p| *p != 0) {
+            let fired = |v: u8| pending[v as usize / 64] & (1 << (v % 64)) != 0;
             let mut waiters = self.irq_waiters.lock();
-            let mut i = 0;
-            while i < waiters.len() {
-                let v = waiters[i].0 as usize;
-                if pending[v / 64] & (1 << (v % 64)) != 0 {
-                    waiters.swap_remove(i).1.wake();
-                } else {
-                    i += 1;
+            let keys: Vec<u64> = waiters.iter().filter(|(_, (v, _))| fired(*v)).map(|(k, _)| *k).collect();
+            for key in keys {
+                if let Some((_, waker)) = waiters.remove(&key) {
+                    waker.wake();
                 }
             }
         }
@@ -289,23 +290,45 @@ impl Drop for Sleep {
     }
 }
 
-/// Future returned by [`Reactor::irq`].
+/// Future returned by [`Reactor::irq`]. Its waker registration is
+/// replaced, not duplicated, on every poll, and removed when it resolves or
+/// is dropped (a wait that lost a race with a time-out leaves nothing behind).
 pub struct IrqWait {
     reactor: Arc<Reactor>,
     vector: u8,
     seen: u32,
+    key: Option<u64>,
 }
 
 impl Future for IrqWait {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.reactor.irqs.count(self.vector) != self.seen {
+            if let Some(key) = self.key.take() {
+                self.reactor.irq_waiters.lock().remove(&key);
+            }
             return Poll::Ready(());
         }
-        self.reactor.irq_waiters.lock().push((self.vector, cx.waker().clone()));
-        // The interrupt may have fired between the check and the push; the
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = self.reactor.next_irq_key.fetch_add(1, Ordering::Relaxed);
+                self.key = Some(key);
+                key
+            }
+        };
+        self.reactor.irq_waiters.lock().insert(key, (self.vector, cx.waker().clone()));
+        // The interrupt may have fired between the check and the insert; the
         // pending bit it set makes the executor dispatch (and wake us) anyway.
         Poll::Pending
+    }
+}
+
+impl Drop for IrqWait {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.reactor.irq_waiters.lock().remove(&key);
+        }
     }
 }
 
@@ -538,6 +561,50 @@ mod tests {
         irqs.raise(61);
         exec.run_until(&platform, &|| false);
         assert_eq!(*results.lock(), vec![Err(TimedOut), Ok(())]);
+    }
+
+    #[test]
+    fn an_irq_wait_that_times_out_leaves_no_registration() {
+        let (_, _, platform, mut exec) = setup();
+        let r = exec.reactor().clone();
+        exec.reactor().spawn("to", async move {
+            for _ in 0..50 {
+                let deadline = r.now_ns() + 1_000_000;
+                let _ = timeout(&r, deadline, r.irq(70)).await;
+            }
+        });
+        exec.run_until(&platform, &|| false);
+        assert!(exec.reactor().irq_waiters.lock().is_empty(), "stale interrupt waits left behind");
+    }
+
+    #[test]
+    fn repolling_an_irq_wait_does_not_duplicate_it() {
+        let (_, irqs, _, mut exec) = setup();
+        let r = exec.reactor().clone();
+        exec.reactor().spawn("spin", async move {
+            let mut wait = core::pin::pin!(r.irq(71));
+            for _ in 0..10 {
+                // Wake ourselves so the wait is polled again and again.
+                let again = core::future::poll_fn(|cx| {
+                    let p = wait.as_mut().poll(cx);
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(p)
+                })
+                .await;
+                assert!(again.is_pending());
+                yield_now().await;
+            }
+            wait.await;
+        });
+        for _ in 0..12 {
+            exec.turn();
+        }
+        assert_eq!(exec.reactor().irq_waiters.lock().len(), 1);
+        irqs.raise(71);
+        exec.turn();
+        exec.turn();
+        assert_eq!(exec.task_count(), 0);
+        assert!(exec.reactor().irq_waiters.lock().is_empty());
     }
 
     #[test]
