@@ -155,9 +155,26 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
     event(ev("io_start").field("seed", seed).field("blocks", blocks).field("stop_after", stop_after.unwrap_or(0)));
     let (mut acked, mut errors, mut retries, mut max_us) = (0u64, 0u64, 0u64, 0u64);
     let mut gave_up = false;
+    let mut offline = false;
     let mut rec = [0u8; RECORD_SIZE];
     let mut seq = 1u64;
     while stop_after.is_none_or(|n| acked < n) {
+        // After a freeze: the disk was away while we were stopped; check
+        // the VG before trusting it further.
+        if crate::vios_events::take_reverify() {
+            let ok = reverify(&r).await;
+            event(ev("rootvg_reverified").field("ok", ok as u8).field("why", "thawed"));
+            if !ok {
+                gave_up = true;
+                break;
+            }
+        }
+        // PAUSE/RESUME: wait while the storage server is paused; stop for
+        // good once it was declared offline (orderly shutdown).
+        let Ok(_ticket) = crate::vios_events::enter().await else {
+            offline = true;
+            break;
+        };
         writer_log::encode(seed, seq, blocks, &mut rec);
         let offset = writer_log::block_of(seq, blocks) * RECORD_SIZE as u64;
         let started = reactor.now_ns();
@@ -183,7 +200,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
         if gave_up {
             break;
         }
-        let took_us = (reactor.now_ns() - started) / 1000;
+        let took_us = reactor.now_ns().saturating_sub(started) / 1000;
         max_us = max_us.max(took_us);
         acked += 1;
         if took_us > SLOW_US {
@@ -208,7 +225,8 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
             .field("errors", errors)
             .field("retries", retries)
             .field("max_ack_us", max_us)
-            .field("gave_up", gave_up as u8),
+            .field("gave_up", gave_up as u8)
+            .field("offline", offline as u8),
     );
-    errors == 0 && !gave_up
+    errors == 0 && !gave_up && !offline
 }
