@@ -15,7 +15,9 @@ commands:
                      Ctrl-C or --timeout SECONDS stops it
   demo [lan] [opts]  run the main demo (two partitions on a virtual LAN)
   test               run every test (unit, property and QEMU integration)
+  demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
   bench boot         boot benchmark (figures printed; see docs/benchmarks.md)
+  bench vios         VIOS downtime beyond the outage, rootvg throughput
   help               this text
 
 options understood everywhere:

@@ -300,7 +300,9 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     }
     start_vios_events(cmdline, reactor);
     // rootvg (docs/vios.md): `vios_test=writer:<seed>` implies `rootvg=on`.
-    if let Some(spec) = cmdline.get("vios_test") {
+    if cmdline.get("vios_test") == Some("bench") {
+        spawn_test(reactor, "vios_bench", rootvg_svc::bench(reactor.clone()));
+    } else if let Some(spec) = cmdline.get("vios_test") {
         match cmdline.get_u64("vios_test_stop_after") {
             Ok(stop) => spawn_test(reactor, "vios_writer", rootvg_svc::writer(spec.to_string(), stop, reactor.clone())),
             Err(e) => {
