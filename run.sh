@@ -15,8 +15,9 @@ commands:
                      Ctrl-C or --timeout SECONDS stops it
   demo [lan] [opts]  run the main demo (two partitions on a virtual LAN)
   test               run every test (unit, property and QEMU integration)
+  demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
   bench NAME         benchmark, figures printed (see docs/benchmarks.md):
-                     boot, hotplug, hcall
+                     boot, hotplug, hcall, vios
   help               this text
 
 options understood everywhere:
@@ -76,7 +77,7 @@ case "$cmd" in
         cargo test -q --workspace -- --test-threads=2 ;;
     bench)
         setup; build
-        [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug, hcall)" >&2; usage >&2; exit 2; }
+        [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug, hcall, vios)" >&2; usage >&2; exit 2; }
         exec "$LPARHV" bench "$@" ;;
     help|-h|--help) usage ;;
     *)

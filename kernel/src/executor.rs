@@ -99,6 +99,11 @@ pub struct Reactor {
     /// Registered interrupt waits by registration key: (vector, waker).
     irq_waiters: Mutex<BTreeMap<u64, (u8, Waker)>>,
     next_irq_key: AtomicU64,
+    /// Clock time excluded from reactor time (a freeze the hypervisor
+    /// announced while the clock kept running): see [`Reactor::exclude_ns`].
+    excluded_ns: AtomicU64,
+    /// The latest reactor time handed out: reactor time never goes back.
+    floor_ns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -152,12 +157,43 @@ impl Reactor {
             timers: Mutex::new(BTreeMap::new()),
             irq_waiters: Mutex::new(BTreeMap::new()),
             next_irq_key: AtomicU64::new(0),
+            excluded_ns: AtomicU64::new(0),
+            floor_ns: AtomicU64::new(0),
         })
     }
 
-    /// Current monotonic time.
+    /// Current monotonic time: the clock minus the time excluded with
+    /// [`exclude_ns`](Self::exclude_ns).
     pub fn now_ns(&self) -> u64 {
-        self.clock.now_ns()
+        let t = self.clock.now_ns().saturating_sub(self.excluded_ns.load(Ordering::Acquire));
+        self.floor_ns.fetch_max(t, Ordering::AcqRel).max(t)
+    }
+
+    /// Take `ns` of clock time out of reactor time, as if it never passed.
+    /// Every pending deadline (timers, time-outs, `now_ns` differences that
+    /// span the call) moves later by `ns`. Used after the hypervisor froze
+    /// the partition while the clock kept running (KVM): a freeze is not
+    /// time the services lived through, so heartbeats and time-outs must not
+    /// count it. Reactor time never goes back: readings taken after the
+    /// freeze but before this call stay valid, and time stands still until
+    /// the clock has caught up with them. At most the clock time not yet
+    /// excluded can be excluded. Returns how much was excluded.
+    pub fn exclude_ns(&self, ns: u64) -> u64 {
+        let raw = self.clock.now_ns();
+        let mut excluded = 0;
+        let _ = self.excluded_ns.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            // Never move reactor time below what it showed before: at most
+            // `raw - cur` (everything since boot not yet excluded)...
+            let room = raw.saturating_sub(cur);
+            excluded = ns.min(room);
+            Some(cur + excluded)
+        });
+        excluded
+    }
+
+    /// Total clock time excluded so far.
+    pub fn excluded_ns(&self) -> u64 {
+        self.excluded_ns.load(Ordering::Acquire)
     }
 
     /// Start a task. `name` shows up in diagnostics.
@@ -219,8 +255,10 @@ impl Reactor {
         self.ready.nonempty.load(Ordering::Acquire) || self.irqs.any_pending()
     }
 
+    /// The earliest timer, in clock time (what the platform arms).
     fn next_deadline(&self) -> Option<u64> {
-        self.timers.lock().keys().next().map(|(d, _)| *d)
+        let excluded = self.excluded_ns.load(Ordering::Acquire);
+        self.timers.lock().keys().next().map(|(d, _)| d.saturating_add(excluded))
     }
 
     /// Wake the tasks whose interrupts fired and whose timers expired.
@@ -465,6 +503,37 @@ mod tests {
         let irqs: &'static IrqTable = Box::leak(Box::new(IrqTable::new()));
         let reactor = Reactor::new(clock, irqs);
         (clock, irqs, FakePlatform { clock, idles: AtomicUsize::new(0) }, Executor::new(reactor))
+    }
+
+    #[test]
+    fn excluded_time_moves_pending_deadlines() {
+        let (clock, _, platform, mut exec) = setup();
+        let fired = Arc::new(AtomicU64::new(0));
+        let (f, r) = (fired.clone(), exec.reactor().clone());
+        exec.reactor().spawn("t", async move {
+            r.sleep_until(100).await;
+            f.store(r.now_ns(), Ordering::SeqCst);
+        });
+        exec.turn();
+        // The clock jumps by 1000 (a freeze under KVM); the freeze is
+        // excluded before the timer is dispatched.
+        clock.0.store(1050, Ordering::SeqCst);
+        assert_eq!(exec.reactor().exclude_ns(1000), 1000);
+        assert_eq!(exec.reactor().now_ns(), 50);
+        exec.turn();
+        assert_eq!(fired.load(Ordering::SeqCst), 0, "the timer must not fire: only 50 ns of lived time passed");
+        assert_eq!(exec.reactor().next_deadline(), Some(1100), "the platform arms the shifted deadline in clock time");
+        exec.run_until(&platform, &|| fired.load(Ordering::SeqCst) != 0);
+        assert_eq!((clock.0.load(Ordering::SeqCst), fired.load(Ordering::SeqCst)), (1100, 100));
+        // Excluding more than has passed is capped, and reactor time never
+        // goes back: it stands still until the clock catches up.
+        let before = exec.reactor().now_ns();
+        assert_eq!(exec.reactor().exclude_ns(u64::MAX), 100);
+        assert_eq!(exec.reactor().now_ns(), before);
+        clock.0.store(1150, Ordering::SeqCst);
+        assert_eq!(exec.reactor().now_ns(), before, "1150 - 1100 = 50 is below the last reading");
+        clock.0.store(1300, Ordering::SeqCst);
+        assert_eq!(exec.reactor().now_ns(), 200);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   and shared-memory pattern.
 //! - `vectors`: interrupt vector allocation.
 //! - `rootvg_io`: rootvg activation and LV I/O over an asynchronous disk.
+//! - `vios_initiator`: the PAUSE/RESUME initiator state machine and the
+//!   freeze (THAWED) clock assessment.
 //! - `writer_log`: the record format of the checked-write service (guest
 //!   writes it, lparhv verifies it).
 #![cfg_attr(not(test), no_std)]
@@ -21,4 +23,5 @@ pub mod executor;
 pub mod hcall_spec;
 pub mod rootvg_io;
 pub mod vectors;
+pub mod vios_initiator;
 pub mod writer_log;

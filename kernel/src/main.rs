@@ -21,6 +21,7 @@ mod net;
 mod pvh;
 mod sci;
 mod rootvg_svc;
+mod vios_events;
 mod services;
 mod shutdown;
 mod time;
@@ -272,6 +273,27 @@ fn start_hcall(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
 }
 
 /// Start what the command line asks for (contract in docs/drivers.md).
+/// `vios=<server>`: the storage-server event task (docs/vios.md).
+fn start_vios_events(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
+    use lparos_kernel::vios_initiator::{Limits, DEFAULT_CONNECT_MS, DEFAULT_RESUME_MS};
+    let Some(server) = cmdline.get("vios") else { return };
+    let server = match hypercall_client::hypercall_abi::Name::new(server) {
+        Ok(n) => n,
+        Err(_) => {
+            console::event(console::ev("vios_error").field("error", "vios= is not a valid server name"));
+            return;
+        }
+    };
+    let ms = |key: &str, default: u64| cmdline.get_u64(key).ok().flatten().unwrap_or(default);
+    let settings = vios_events::Settings {
+        server,
+        register: cmdline.get("vios_register") != Some("0"),
+        ignore_pause: cmdline.get("vios_ignore_pause") == Some("1"),
+        limits: Limits { connect_ms: ms("vios_connect_ms", DEFAULT_CONNECT_MS), resume_ms: ms("vios_resume_ms", DEFAULT_RESUME_MS) },
+    };
+    reactor.spawn("vios_events", vios_events::run(settings, reactor.clone()));
+}
+
 fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     start_hcall(cmdline, reactor);
     if let Some(spec) = cmdline.get("disk_test") {
@@ -288,8 +310,11 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
         Some(other) => log::warn!("unknown hotplug_test={other}"),
         None => {}
     }
+    start_vios_events(cmdline, reactor);
     // rootvg (docs/vios.md): `vios_test=writer:<seed>` implies `rootvg=on`.
-    if let Some(spec) = cmdline.get("vios_test") {
+    if cmdline.get("vios_test") == Some("bench") {
+        spawn_test(reactor, "vios_bench", rootvg_svc::bench(reactor.clone()));
+    } else if let Some(spec) = cmdline.get("vios_test") {
         match cmdline.get_u64("vios_test_stop_after") {
             Ok(stop) => spawn_test(reactor, "vios_writer", rootvg_svc::writer(spec.to_string(), stop, reactor.clone())),
             Err(e) => {

@@ -155,9 +155,26 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
     event(ev("io_start").field("seed", seed).field("blocks", blocks).field("stop_after", stop_after.unwrap_or(0)));
     let (mut acked, mut errors, mut retries, mut max_us) = (0u64, 0u64, 0u64, 0u64);
     let mut gave_up = false;
+    let mut offline = false;
     let mut rec = [0u8; RECORD_SIZE];
     let mut seq = 1u64;
     while stop_after.is_none_or(|n| acked < n) {
+        // After a freeze: the disk was away while we were stopped; check
+        // the VG before trusting it further.
+        if crate::vios_events::take_reverify() {
+            let ok = reverify(&r).await;
+            event(ev("rootvg_reverified").field("ok", ok as u8).field("why", "thawed"));
+            if !ok {
+                gave_up = true;
+                break;
+            }
+        }
+        // PAUSE/RESUME: wait while the storage server is paused; stop for
+        // good once it was declared offline (orderly shutdown).
+        let Ok(_ticket) = crate::vios_events::enter().await else {
+            offline = true;
+            break;
+        };
         writer_log::encode(seed, seq, blocks, &mut rec);
         let offset = writer_log::block_of(seq, blocks) * RECORD_SIZE as u64;
         let started = reactor.now_ns();
@@ -183,7 +200,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
         if gave_up {
             break;
         }
-        let took_us = (reactor.now_ns() - started) / 1000;
+        let took_us = reactor.now_ns().saturating_sub(started) / 1000;
         max_us = max_us.max(took_us);
         acked += 1;
         if took_us > SLOW_US {
@@ -208,7 +225,83 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
             .field("errors", errors)
             .field("retries", retries)
             .field("max_ack_us", max_us)
-            .field("gave_up", gave_up as u8),
+            .field("gave_up", gave_up as u8)
+            .field("offline", offline as u8),
     );
-    errors == 0 && !gave_up
+    errors == 0 && !gave_up && !offline
+}
+
+/// `vios_test=bench`: rootvg throughput on LV `data` at queue depth 1
+/// (one request at a time, as the services use it): 4 KiB random writes
+/// (then one flush, counted), 4 KiB random reads, sequential 64 KiB writes
+/// (then a flush) and reads over 16 MiB. One `@ev vios_bench` line per
+/// kind; the guest exits when done.
+pub async fn bench(reactor: Arc<Reactor>) -> bool {
+    let Some(r) = bring_up().await else {
+        event(ev("vios_bench").field("error", "no rootvg"));
+        return false;
+    };
+    const RANDOM_OPS: u64 = 2000;
+    const SEQ_BYTES: u64 = 16 << 20;
+    const SEQ_CHUNK: usize = 64 * 1024;
+    let blocks = r.data.size_bytes() / 4096;
+    if blocks == 0 || r.data.size_bytes() < SEQ_BYTES {
+        event(ev("vios_bench").field("error", "LV data too small"));
+        return false;
+    }
+    let mut buf = alloc::vec![0u8; SEQ_CHUNK];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next_block = || {
+        x = drivers::pattern::splitmix64(x);
+        x % blocks
+    };
+    let report = |kind: &str, ops: u64, bytes: u64, ns: u64| {
+        let ns = ns.max(1);
+        event(
+            ev("vios_bench")
+                .field("kind", kind)
+                .field("ops", ops)
+                .field("us", ns / 1000)
+                .field("iops", ops * 1_000_000_000 / ns)
+                .field("kib_s", bytes * 1_000_000_000 / 1024 / ns),
+        );
+    };
+    let t = reactor.now_ns();
+    for i in 0..RANDOM_OPS {
+        buf[..8].copy_from_slice(&i.to_le_bytes());
+        if r.data.write_at(next_block() * 4096, &buf[..4096]).await.is_err() {
+            event(ev("vios_bench").field("error", "random write failed"));
+            return false;
+        }
+    }
+    let flushed = r.data.flush().await.is_ok();
+    report("randwrite_4k", RANDOM_OPS, RANDOM_OPS * 4096, reactor.now_ns() - t);
+    let t = reactor.now_ns();
+    for _ in 0..RANDOM_OPS {
+        if r.data.read_at(next_block() * 4096, &mut buf[..4096]).await.is_err() {
+            event(ev("vios_bench").field("error", "random read failed"));
+            return false;
+        }
+    }
+    report("randread_4k", RANDOM_OPS, RANDOM_OPS * 4096, reactor.now_ns() - t);
+    let chunks = SEQ_BYTES / SEQ_CHUNK as u64;
+    let t = reactor.now_ns();
+    for c in 0..chunks {
+        if r.data.write_at(c * SEQ_CHUNK as u64, &buf).await.is_err() {
+            event(ev("vios_bench").field("error", "sequential write failed"));
+            return false;
+        }
+    }
+    let flushed = flushed && r.data.flush().await.is_ok();
+    report("seqwrite_64k", chunks, SEQ_BYTES, reactor.now_ns() - t);
+    let t = reactor.now_ns();
+    for c in 0..chunks {
+        if r.data.read_at(c * SEQ_CHUNK as u64, &mut buf).await.is_err() {
+            event(ev("vios_bench").field("error", "sequential read failed"));
+            return false;
+        }
+    }
+    report("seqread_64k", chunks, SEQ_BYTES, reactor.now_ns() - t);
+    event(ev("vios_bench").field("kind", "done").field("flushed", flushed as u8));
+    flushed
 }

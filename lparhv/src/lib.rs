@@ -19,6 +19,7 @@ pub mod owner;
 pub mod pattern;
 pub mod qemu;
 pub mod qmp;
+pub mod storage;
 pub mod vios;
 pub mod vswitch;
 

@@ -33,6 +33,11 @@ enum Which {
         runs: usize,
     },
     /// ACPI PCI hot-plug: device_add -> disk usable, device_del -> DEVICE_DELETED.
+    /// Storage server: downtime beyond the VIOS outage (planned, crash) and rootvg throughput.
+    Vios {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     Hotplug {
         #[arg(long, default_value_t = 20)]
         runs: usize,
@@ -54,6 +59,7 @@ enum Which {
 pub fn run(ctx: &Ctx, args: BenchArgs) -> Result<()> {
     match args.which {
         Which::Boot { runs } => boot(ctx, runs),
+        Which::Vios { runs } => super::storage::bench(ctx, runs),
         Which::Hotplug { runs, machine } => match machine.as_str() {
             "q35" => hotplug_bench::run(ctx, runs, lparhv::qemu::Machine::Q35),
             "pc" => hotplug_bench::run(ctx, runs, lparhv::qemu::Machine::Pc),

@@ -30,11 +30,22 @@ enum Which {
         #[arg(long, default_value_t = 50)]
         count: u32,
     },
+    /// Registered and unregistered partitions through a planned VIOS
+    /// restart (PAUSE/RESUME) and a crash (freeze).
+    Vios {
+        /// Registered partitions (one unregistered is added).
+        #[arg(long, default_value_t = 3)]
+        guests: usize,
+        /// Seconds the crashed VIOS takes to come back.
+        #[arg(long, default_value_t = 3)]
+        down: u64,
+    },
 }
 
 pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
     match args.which.unwrap_or(Which::Lan { guests: 2, count: 50 }) {
         Which::Lan { guests, count } => lan(ctx, guests, count),
+        Which::Vios { guests, down } => super::storage::demo(ctx, guests, down),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Command-line front end of lparhv. `run.sh` calls these commands.
 
+mod storage;
 mod bench;
 mod boot;
 mod demo;

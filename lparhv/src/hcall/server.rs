@@ -343,10 +343,16 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
         Request::RemPci { partition, .. } => {
             fail(sys.partition_command(id, PartitionCommand::RemPci, Some(&partition)))
         }
-        // Storage-server events and CPU shares come with later issues.
-        Request::RegisterEvents { .. } | Request::PauseComplete { .. } | Request::SetCpuShare { .. } => {
-            fail(ReturnCode::Function)
-        }
+        Request::RegisterEvents { server, mask } => match crate::storage::register_events(&mut sys, id, &server, mask) {
+            Ok(mask) => Response::RegisterEvents { mask },
+            Err(c) => fail(c),
+        },
+        Request::PauseComplete { server, pause_id } => match crate::storage::pause_complete(&mut sys, id, &server, pause_id) {
+            Ok(()) => Response::PauseComplete,
+            Err(c) => fail(c),
+        },
+        // CPU shares come with a later issue.
+        Request::SetCpuShare { .. } => fail(ReturnCode::Function),
     };
     drop(sys);
     encode_response(version, rid, &response)

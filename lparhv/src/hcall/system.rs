@@ -263,6 +263,8 @@ pub struct System {
     next_seq: u64,
     host_session: u64,
     recovery_tx: Option<RecoveryTx>,
+    /// VIOS attachments, event-action table, PAUSE rounds (crate::storage).
+    pub storage: crate::storage::StorageState,
 }
 
 /// Every memory region of the config with the name of its owner: lparhv's
@@ -404,6 +406,7 @@ impl System {
             next_seq: 1,
             host_session,
             recovery_tx: None,
+            storage: crate::storage::StorageState::open(&config.state_dir),
         };
         system.log("start", None, format!("host session {host_session:#x}, table revision {}", system.table.revision()));
         Ok(system)
@@ -503,6 +506,16 @@ impl System {
             None => "not pushed: no session",
         };
         self.log("event", Some(&name), format!("{} {event:?} ({delivered})", event.code().name()));
+    }
+
+    /// Logs `event` and pushes it to `to` (for the storage protocols).
+    pub fn push_event(&mut self, to: PartitionId, event: Event) {
+        self.push(to, event);
+    }
+
+    /// Adds an entry to the event log.
+    pub fn log_event(&mut self, kind: &str, partition: Option<&str>, detail: String) {
+        self.log(kind, partition, detail);
     }
 
     fn name_of(&self, id: PartitionId) -> Name {

@@ -1,0 +1,154 @@
+//! PAUSE/RESUME and the NPIV freeze end to end (docs/vios.md): lparhv's
+//! daemon, a VIOS and lparos guests doing checked writes on their rootvg.
+//! Every acknowledged write is read back from the images afterwards.
+//! Timings are printed with eprintln (`--nocapture`).
+
+use lparhv::qemu::{self, AccelChoice, GuestExit};
+use lparhv::storage::lab::{GuestPlan, Lab, LabSpec};
+use lparhv::storage::pause::PauseLimits;
+use lparhv::vios;
+use std::time::{Duration, Instant};
+
+fn num(ev: &lparhv::Event, key: &str) -> u64 {
+    ev.get(key).unwrap_or_else(|| panic!("{ev:?} has no {key}")).parse().unwrap()
+}
+
+fn events(g: &lparhv::qemu::Guest, name: &str) -> Vec<lparhv::Event> {
+    g.console().iter().filter_map(|l| lparhv::parse_event(&l.text).filter(|e| e.name == name)).collect()
+}
+
+struct Scratch(std::path::PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn lab(tag: &str, guests: Vec<GuestPlan>, down: Duration) -> (Lab, Scratch) {
+    let kernel = qemu::default_kernel();
+    assert!(kernel.is_file(), "kernel image {} missing: run ./run.sh build", kernel.display());
+    let d = qemu::choose_accel(AccelChoice::Auto, &kernel).unwrap();
+    eprintln!("accelerator {} ({})", d.accel, d.reason);
+    let dir = std::env::temp_dir().join(format!("lps-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = LabSpec { dir: dir.clone(), kernel, accel: d.accel, vios: "vios1".into(), guests, down, echo: false };
+    (Lab::start(&spec).unwrap(), Scratch(dir))
+}
+
+/// Wait for `name`'s writer to be registered (or not) and writing.
+fn ready(lab: &mut Lab, name: &str) {
+    let g = &mut lab.guest(name).unwrap().guest;
+    let (r, _) = g.wait_event("vios_registered", Duration::from_secs(60)).unwrap();
+    eprintln!("{name}: {r:?}");
+    g.wait_event("io_ack", Duration::from_secs(60)).unwrap();
+}
+
+/// io_done → (acked, errors); then every acknowledged record is checked
+/// on the image.
+fn finish(lab: &mut Lab, name: &str, expect_exit: GuestExit) -> (u64, u64, lparhv::Event) {
+    let lg = lab.guest(name).unwrap();
+    let (done, _) = lg.guest.wait_event("io_done", Duration::from_secs(90)).unwrap();
+    assert_eq!(lg.guest.wait_exit(Duration::from_secs(10)).unwrap(), expect_exit, "{name}: {done:?}");
+    let (acked, errors) = (num(&done, "acked"), num(&done, "errors"));
+    let c = vios::verify_writer_log(&lg.image, "data", lg.plan.seed, acked).unwrap();
+    assert_eq!((c.checked, c.lost), (acked, 0), "{name}: every acknowledged write read back: {c:?}");
+    (acked, errors, done)
+}
+
+#[test]
+fn planned_restart_with_pause_resume_and_an_initiator_that_ignores_pause() {
+    let mut good = GuestPlan::writer("p-good", 0x5101, true);
+    good.stop_after = Some(2500);
+    let mut deaf = GuestPlan::writer("p-deaf", 0x5102, true);
+    deaf.stop_after = Some(2500);
+    deaf.ignore_pause = true;
+    let (mut lab, _s) = lab("pr", vec![good, deaf], Duration::from_secs(1));
+    ready(&mut lab, "p-good");
+    ready(&mut lab, "p-deaf");
+    let limits = PauseLimits { pause_complete: Duration::from_millis(1500) };
+    let r = lab.planned_restart(&limits).unwrap();
+    eprintln!("planned restart: {r:#?}");
+    assert_eq!(r.paused.initiators.len(), 2);
+    assert_eq!(r.paused.quiesced.iter().map(|q| q.0.as_str()).collect::<Vec<_>>(), vec!["p-good"]);
+    assert_eq!(r.paused.not_quiesced, vec!["p-deaf".to_string()], "the target records who did not quiesce");
+    assert!(r.paused.quiesce >= Duration::from_millis(1400), "target waited for its limit: {:?}", r.paused.quiesce);
+    assert!(lab.log(200).iter().any(|e| e.kind == "pause_timeout" && e.detail.contains("p-deaf")), "event log names it");
+
+    let g = &mut lab.guest("p-good").unwrap().guest;
+    let (pc, _) = g.wait_event("vios_pause_complete", Duration::from_secs(10)).unwrap();
+    assert_eq!(pc.get("ok"), Some("1"), "{pc:?}");
+    let (res, _) = g.wait_event("vios_resume", Duration::from_secs(10)).unwrap();
+    eprintln!("p-good: {pc:?} {res:?}");
+    let d = &mut lab.guest("p-deaf").unwrap().guest;
+    assert!(!events(d, "vios_pause_ignored").is_empty());
+    for name in ["p-good", "p-deaf"] {
+        let (acked, errors, done) = finish(&mut lab, name, GuestExit::Code(0));
+        eprintln!("{name}: {done:?}");
+        assert_eq!((acked, errors), (2500, 0));
+    }
+    lab.stop();
+}
+
+#[test]
+fn crash_freezes_registered_guest_and_unregistered_guest_sees_errors() {
+    let mut reg = GuestPlan::writer("c-reg", 0x5201, true);
+    reg.stop_after = Some(3000);
+    let mut unreg = GuestPlan::writer("c-unreg", 0x5202, false);
+    unreg.stop_after = Some(3000);
+    let (mut lab, _s) = lab("cr", vec![reg, unreg], Duration::from_secs(2));
+    ready(&mut lab, "c-reg");
+    ready(&mut lab, "c-unreg");
+    let t = Instant::now();
+    lab.crash().unwrap();
+    let reports = lab.wait_freezes(1, Duration::from_secs(30)).unwrap();
+    let f = &reports[0];
+    eprintln!("crash → freeze report after {:?}: {f:#?}", t.elapsed());
+    assert!(f.error.is_none(), "{f:?}");
+    assert_eq!(f.frozen.iter().map(|x| x.partition.as_str()).collect::<Vec<_>>(), vec!["c-reg"], "only the registered guest is frozen");
+    assert!(f.freeze_all < Duration::from_millis(500), "stop issued well inside the reconnect-delay: {:?}", f.freeze_all);
+    assert!(f.outage >= Duration::from_secs(2) && f.frozen[0].error.is_none(), "{f:?}");
+
+    let g = &mut lab.guest("c-reg").unwrap().guest;
+    let (th, _) = g.wait_event("thawed", Duration::from_secs(30)).unwrap();
+    eprintln!("c-reg: {th:?}");
+    assert!(num(&th, "frozen_ms") >= 1900, "{th:?}");
+    let (rv, _) = g.wait_event("rootvg_reverified", Duration::from_secs(30)).unwrap();
+    assert_eq!(rv.get("ok"), Some("1"));
+    let (acked, errors, _) = finish(&mut lab, "c-reg", GuestExit::Code(0));
+    assert_eq!((acked, errors), (3000, 0), "registered: no I/O error, no lost ack");
+    let (acked, errors, done) = finish(&mut lab, "c-unreg", GuestExit::Code(1));
+    eprintln!("c-unreg: {done:?}");
+    assert_eq!(acked, 3000, "unregistered: retried through, nothing lost");
+    assert!(errors > 0, "the old failure: I/O errors seen: {done:?}");
+    lab.stop();
+}
+
+#[test]
+fn vios_that_never_comes_back_ends_in_an_orderly_shutdown() {
+    let mut g = GuestPlan::writer("n-gone", 0x5301, true);
+    g.extra_cmdline = "vios_connect_ms=2000".into();
+    let (mut lab, _s) = lab("nb", vec![g], Duration::from_secs(1));
+    ready(&mut lab, "n-gone");
+    // PAUSE … DISCONNECT, then the VIOS is stopped and never restarted.
+    let paused = {
+        let mut v = lab.vios.lock().unwrap();
+        let p = lparhv::storage::pause::pause_and_disconnect(&lab.system, "vios1", &PauseLimits::default()).unwrap();
+        v.stop(Duration::from_secs(2)).unwrap();
+        // Keep the watcher from "repairing" it: hold the lock while waiting.
+        let lg = lab.guests.iter_mut().find(|g| g.plan.name == "n-gone").unwrap();
+        let (off, _) = lg.guest.wait_event("vios_offline", Duration::from_secs(30)).unwrap();
+        eprintln!("{off:?}");
+        assert_eq!(off.get("reason"), Some("no_connect"));
+        let (done, _) = lg.guest.wait_event("io_done", Duration::from_secs(30)).unwrap();
+        assert_eq!((done.get("offline"), done.get("errors")), (Some("1"), Some("0")), "{done:?}");
+        let exit = lg.guest.wait_exit(Duration::from_secs(10)).unwrap();
+        assert_eq!(exit, GuestExit::Code(1), "orderly: exit code 1 (Failure), never panic (2) or exception (3)");
+        let acked = num(&done, "acked");
+        let c = vios::verify_writer_log(&lg.image, "data", lg.plan.seed, acked).unwrap();
+        assert_eq!(c.lost, 0, "{c:?}");
+        let _ = v.start_again();
+        p
+    };
+    assert_eq!(paused.quiesced.len(), 1);
+    lab.stop();
+}
