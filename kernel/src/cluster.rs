@@ -36,7 +36,10 @@ const MAGIC: &[u8; 4] = b"LPHB";
 
 /// What the command line says about this partition's cluster role.
 pub struct ClusterArgs {
-    pub role: Role,
+    /// `None` for `cluster=auto`: active if the shared disk is present at
+    /// boot, standby otherwise (so a partition that `act` restarts after a
+    /// failover comes back as the standby without a new command line).
+    pub role: Option<Role>,
     pub peer_ip: [u8; 4],
     pub peer: Name,
     pub slot: u32,
@@ -46,9 +49,10 @@ pub struct ClusterArgs {
 pub fn parse(cmdline: &lparos_kernel::cmdline::Cmdline) -> Result<Option<ClusterArgs>, String> {
     let role = match cmdline.get("cluster") {
         None => return Ok(None),
-        Some("active") => Role::Active,
-        Some("standby") => Role::Standby,
-        Some(other) => return Err(alloc::format!("cluster={other}: expected active or standby")),
+        Some("active") => Some(Role::Active),
+        Some("standby") => Some(Role::Standby),
+        Some("auto") => None,
+        Some(other) => return Err(alloc::format!("cluster={other}: expected active, standby or auto")),
     };
     let peer_ip = match cmdline.get_ipv4("cluster_peer_ip") {
         Ok(Some((ip, _))) => ip,
@@ -86,8 +90,9 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
         }
     };
     let peer = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(args.peer_ip)), HEARTBEAT_PORT);
-    let mut agent = Agent::new(Config::default(), args.role, now_ms(&reactor));
-    console::event(ev("cluster_start").field("role", role_name(args.role)).field("slot", args.slot));
+    let role = args.role.unwrap_or(if devices::first_blk().is_some() { Role::Active } else { Role::Standby });
+    let mut agent = Agent::new(Config::default(), role, now_ms(&reactor));
+    console::event(ev("cluster_start").field("role", role_name(role)).field("slot", args.slot));
     let mut service: Option<TaskId> = None;
     let mut pending = agent.start();
     let mut buf = [0u8; 64];
