@@ -48,6 +48,15 @@ struct Hotplug {
 
 static HP: Once<Hotplug> = Once::new();
 
+/// `hotplug_noeject=1`: eject requests are seen and reported once per slot
+/// (`@ev hotplug_eject_ignored`) but never acted on, to test lparhv's
+/// policy for guests that do not eject.
+static IGNORE_EJECTS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn ignore_ejects() {
+    IGNORE_EJECTS.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
 fn read(base: u16, bsel: u32, offset: u16) -> u32 {
     port::outl(base + reg::SELECT, bsel);
     port::inl(base + offset)
@@ -160,6 +169,12 @@ fn pass(hp: &Hotplug) {
             inserted = true;
         }
         for slot in pcihp::slots(down) {
+            if IGNORE_EJECTS.load(core::sync::atomic::Ordering::Relaxed) {
+                if hp.removing.lock().insert((bus, slot)) {
+                    event(ev("hotplug_eject_ignored").field("bus", format_args!("{bus:02x}")).field("slot", slot));
+                }
+                continue;
+            }
             ejects.push((bsel, bus, slot, "eject"));
         }
     }

@@ -89,6 +89,36 @@ pub enum PartitionCommand {
     Act,
     AddPci,
     RemPci,
+    SetCpuShare,
+}
+
+/// Machine type of a partition's QEMU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    #[default]
+    Q35,
+    Pc,
+}
+
+/// Most slots a system may define (each q35 partition gets one root port
+/// per slot, at PCI addresses 0x10..0x17 of pcie.0).
+pub const MAX_SLOTS: usize = 8;
+/// Bounds of `[slots] eject_timeout_ms`.
+pub const MIN_EJECT_TIMEOUT_MS: u64 = 200;
+pub const MAX_EJECT_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_EJECT_TIMEOUT_MS: u64 = 5_000;
+
+/// One PCI slot of the slot allocation table (docs/slots.md): a
+/// single-port device, a disk image attached as virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotConfig {
+    pub id: u32,
+    pub disk: PathBuf,
+    pub format: String,
+    /// The partition the slot is allocated (and enabled) to when the state
+    /// directory has no entry for it yet.
+    pub owner: Option<String>,
 }
 
 /// One NIC: a port on virtual LAN `lan` with MAC address `mac`.
@@ -119,6 +149,7 @@ pub struct PartitionConfig {
     pub nics: Vec<NicConfig>,
     pub disks: Vec<DiskConfig>,
     pub role: Role,
+    pub machine: MachineType,
 }
 
 /// One memory region the owner can grant.
@@ -161,6 +192,10 @@ pub struct SystemConfig {
     /// (granter, client) pairs: who may share with whom (directional).
     pub sharing: BTreeSet<(String, String)>,
     pub commands: Vec<CommandAuthorization>,
+    pub slots: Vec<SlotConfig>,
+    /// rem_pci: how long lparhv waits for the guest's eject before it
+    /// deacts that guest (docs/slots.md).
+    pub eject_timeout_ms: u64,
 }
 
 impl SystemConfig {
@@ -240,6 +275,28 @@ struct RawConfig {
     partition: Vec<Spanned<RawPartition>>,
     #[serde(default)]
     authorizations: Option<RawAuthorizations>,
+    #[serde(default)]
+    slots: Option<RawSlots>,
+    #[serde(default)]
+    slot: Vec<Spanned<RawSlot>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlots {
+    #[serde(default)]
+    eject_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlot {
+    id: Spanned<u32>,
+    disk: Spanned<String>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    owner: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +342,8 @@ struct RawPartition {
     disks: Vec<Spanned<RawDisk>>,
     #[serde(default)]
     role: Option<Role>,
+    #[serde(default)]
+    machine: Option<MachineType>,
 }
 
 #[derive(Deserialize)]
@@ -563,6 +622,7 @@ impl Ctx<'_> {
                 nics,
                 disks,
                 role: p.role.unwrap_or(Role::Client),
+                machine: p.machine.unwrap_or_default(),
             });
         }
 
@@ -648,6 +708,8 @@ impl Ctx<'_> {
             commands.push(CommandAuthorization { partition, commands: cr.allow.iter().copied().collect(), targets });
         }
 
+        let (slots, eject_timeout_ms) = self.slots(&raw.slot, raw.slots.as_ref(), &partitions)?;
+
         Ok(SystemConfig {
             path: self.file.to_path_buf(),
             name,
@@ -658,7 +720,63 @@ impl Ctx<'_> {
             partitions,
             sharing,
             commands,
+            slots,
+            eject_timeout_ms,
         })
+    }
+
+    fn slots(
+        &self,
+        raw: &[Spanned<RawSlot>],
+        policy: Option<&RawSlots>,
+        partitions: &[PartitionConfig],
+    ) -> Result<(Vec<SlotConfig>, u64), ConfigError> {
+        let timeout = match policy.and_then(|p| p.eject_timeout_ms.as_ref()) {
+            None => DEFAULT_EJECT_TIMEOUT_MS,
+            Some(t) if (MIN_EJECT_TIMEOUT_MS..=MAX_EJECT_TIMEOUT_MS).contains(t.get_ref()) => *t.get_ref(),
+            Some(t) => {
+                return Err(self.error(
+                    Some(t.span()),
+                    format!("eject_timeout_ms = {} is out of range", t.get_ref()),
+                    format!("use {MIN_EJECT_TIMEOUT_MS}..={MAX_EJECT_TIMEOUT_MS} milliseconds"),
+                ))
+            }
+        };
+        if raw.len() > MAX_SLOTS {
+            return Err(self.error(Some(raw[MAX_SLOTS].span()), format!("more than {MAX_SLOTS} slots"), "define at most 8 [[slot]] tables"));
+        }
+        let mut out: Vec<SlotConfig> = Vec::new();
+        for s in raw {
+            let r = s.get_ref();
+            let id = *r.id.get_ref();
+            if out.iter().any(|o| o.id == id) {
+                return Err(self.error(Some(r.id.span()), format!("slot id {id} is defined twice"), "give every [[slot]] its own id"));
+            }
+            let format = match r.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("raw") => "raw".to_string(),
+                Some("qcow2") => "qcow2".to_string(),
+                Some(other) => {
+                    return Err(self.error(
+                        r.format.as_ref().map(|f| f.span()),
+                        format!("unknown slot disk format {other:?}"),
+                        "use format = \"raw\" or \"qcow2\"",
+                    ))
+                }
+            };
+            let disk = self.resolve(r.disk.get_ref());
+            if out.iter().any(|o| o.disk == disk) {
+                return Err(self.error(Some(r.disk.span()), "two slots name the same disk", "a single-port device belongs to one slot"));
+            }
+            let owner = match &r.owner {
+                None => None,
+                Some(o) if partitions.iter().any(|p| &p.name == o.get_ref()) => Some(o.get_ref().clone()),
+                Some(o) => {
+                    return Err(self.error(Some(o.span()), format!("slot owner {:?} is not a partition", o.get_ref()), "name a [[partition]] or leave owner out"))
+                }
+            };
+            out.push(SlotConfig { id, disk, format, owner });
+        }
+        Ok((out, timeout))
     }
 
     /// A region size: an integer (bytes) or a string with a binary suffix

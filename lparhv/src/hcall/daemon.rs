@@ -47,6 +47,10 @@ pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<Gue
     let p = config.partition(name)?;
     let mut spec = GuestSpec::new(&p.name, &p.image, accel);
     spec.memory_mib = p.memory_mib;
+    spec.machine = match p.machine {
+        crate::config::MachineType::Q35 => crate::qemu::Machine::Q35,
+        crate::config::MachineType::Pc => crate::qemu::Machine::Pc,
+    };
     spec.cmdline = p.cmdline.clone();
     for d in &p.disks {
         // GuestSpec's disk format is static; the config only allows these.
@@ -86,6 +90,7 @@ impl Daemon {
     pub async fn start(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<Daemon> {
         let system = System::open(config, cookies)?;
         let system: Shared = Arc::new(Mutex::new(system));
+        crate::slots::SlotControl::install(&system).context("opening the slot table")?;
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&system).set_recovery_sender(tx);
         let recovery = tokio::spawn(recovery_timer(system.clone(), rx));
@@ -117,11 +122,18 @@ impl Daemon {
         std::fs::create_dir_all(config.state_dir.join("qmp"))?;
         std::fs::create_dir_all(config.state_dir.join("lan"))?;
         let mut guests = Vec::new();
+        let slots = lock(&self.system).slot_control();
         for p in &config.partitions {
             let id = lock(&self.system).partition_id(&p.name).context("partition not registered")?;
-            let spec = guest_spec(&config, &p.name, accel).context("partition vanished from the config")?;
+            let mut spec = guest_spec(&config, &p.name, accel).context("partition vanished from the config")?;
+            if let Some(s) = &slots {
+                s.prepare_spec(&p.name, &mut spec);
+            }
             match Guest::spawn(&spec, echo_console) {
                 Ok(guest) => {
+                    if let Some(s) = &slots {
+                        s.started(&p.name, &guest);
+                    }
                     info!(partition = %p.name, pid = guest.pid(), accel = %accel, "partition started");
                     lock(&self.system).set_runtime(id, Runtime::Running { pid: guest.pid() });
                     guests.push((id, guest));
@@ -132,7 +144,11 @@ impl Daemon {
                 }
             }
         }
-        self.supervisor = Some(Supervisor::start(self.system.clone(), guests));
+        let (adopt, adopted) = std::sync::mpsc::channel();
+        if let Some(s) = &slots {
+            s.set_launcher(crate::slots::Launcher { accel, echo: echo_console, adopt });
+        }
+        self.supervisor = Some(Supervisor::start(self.system.clone(), guests, adopted));
         Ok(())
     }
 
@@ -141,6 +157,9 @@ impl Daemon {
     pub async fn stop(self) {
         if let Some(s) = self.supervisor {
             s.stop();
+        }
+        if let Some(slots) = lock(&self.system).slot_control() {
+            slots.cpu().cleanup();
         }
         self.hcall.stop().await;
         self.control.stop().await;
@@ -183,13 +202,19 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn start(system: Shared, mut guests: Vec<(PartitionId, Guest)>) -> Supervisor {
+    fn start(
+        system: Shared,
+        mut guests: Vec<(PartitionId, Guest)>,
+        adopted: std::sync::mpsc::Receiver<(PartitionId, Guest)>,
+    ) -> Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("lparhv-supervisor".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    // QEMUs started later (`act`).
+                    guests.extend(adopted.try_iter());
                     guests.retain_mut(|(id, guest)| {
                         if guest.is_running() {
                             return true;
@@ -211,6 +236,7 @@ impl Supervisor {
                     });
                     std::thread::sleep(Duration::from_millis(200));
                 }
+                guests.extend(adopted.try_iter());
                 for (_, mut guest) in guests {
                     guest.kill();
                     info!(partition = %guest.name, "partition killed");

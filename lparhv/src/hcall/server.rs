@@ -17,7 +17,6 @@
 //! input can make the server panic or touch another partition's state.
 
 use super::system::{Shared, System};
-use crate::config::PartitionCommand;
 use crate::owner::PartitionId;
 use anyhow::{bail, Context, Result};
 use hypercall_abi::{
@@ -295,6 +294,15 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
         debug!(partition = %conn.name, opcode, "request before HELLO");
         return encode_response(hypercall_abi::HELLO_FRAME_VERSION, rid, &fail(ReturnCode::State));
     };
+    // Partition commands take seconds (QMP, an eject, a fence): they run
+    // off this reader and answer later (crate::slots).
+    let slots = lock(system).slot_control();
+    if let Some(ctl) = slots {
+        if let Some(command) = crate::slots::Command::from_request(&request, &conn.name) {
+            crate::slots::commands::spawn_hcall(ctl, conn.name.clone(), command, opcode, version, rid, conn.tx.clone());
+            return None;
+        }
+    }
     // Everything below runs under the one lock, check and action together.
     let mut sys = lock(system);
     let id = conn.id;
@@ -337,16 +345,15 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
             }
             Err(c) => fail(c),
         },
-        Request::Deact { partition } => fail(sys.partition_command(id, PartitionCommand::Deact, Some(&partition))),
-        Request::Act { partition } => fail(sys.partition_command(id, PartitionCommand::Act, Some(&partition))),
-        Request::AddPci { .. } => fail(sys.partition_command(id, PartitionCommand::AddPci, None)),
-        Request::RemPci { partition, .. } => {
-            fail(sys.partition_command(id, PartitionCommand::RemPci, Some(&partition)))
+        // Partition commands without a slot controller (a System used
+        // without the daemon): nothing can carry them out.
+        Request::Deact { .. } | Request::Act { .. } | Request::AddPci { .. } | Request::RemPci { .. } => {
+            fail(ReturnCode::NotAvailable)
         }
-        // Storage-server events and CPU shares come with later issues.
-        Request::RegisterEvents { .. } | Request::PauseComplete { .. } | Request::SetCpuShare { .. } => {
-            fail(ReturnCode::Function)
-        }
+        // Without a slot controller (a System used without the daemon).
+        Request::SetCpuShare { .. } => fail(ReturnCode::NotAvailable),
+        // Storage-server events come with a later issue.
+        Request::RegisterEvents { .. } | Request::PauseComplete { .. } => fail(ReturnCode::Function),
     };
     drop(sys);
     encode_response(version, rid, &response)

@@ -157,6 +157,9 @@ pub struct StatusView {
     pub host_session: u64,
     pub grants: usize,
     pub partitions: Vec<PartitionStatusView>,
+    /// How CPU shares are enforced, or why they cannot be (docs/slots.md).
+    #[serde(default)]
+    pub cpu_control: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +264,9 @@ pub struct System {
     next_seq: u64,
     host_session: u64,
     recovery_tx: Option<RecoveryTx>,
+    /// The slot table and partition commands (crate::slots), once the
+    /// daemon installed them.
+    slots: Option<Arc<crate::slots::SlotControl>>,
 }
 
 /// Where a partition's hypercall socket is.
@@ -389,6 +395,7 @@ impl System {
             next_seq: 1,
             host_session,
             recovery_tx: None,
+            slots: None,
         };
         system.log("start", None, format!("host session {host_session:#x}, table revision {}", system.table.revision()));
         Ok(system)
@@ -431,6 +438,28 @@ impl System {
             }
         }
         self.recovery_tx = Some(tx);
+    }
+
+    pub fn set_slot_control(&mut self, slots: Arc<crate::slots::SlotControl>) {
+        self.slots = Some(slots);
+    }
+
+    pub fn slot_control(&self) -> Option<Arc<crate::slots::SlotControl>> {
+        self.slots.clone()
+    }
+
+    pub fn runtime_of(&self, id: PartitionId) -> Runtime {
+        self.runtime.get(&id).cloned().unwrap_or(Runtime::NotStarted)
+    }
+
+    /// Adds an entry to the event log (for other modules).
+    pub fn note(&mut self, kind: &str, partition: Option<&str>, detail: String) {
+        self.log(kind, partition, detail);
+    }
+
+    /// Pushes an event to a partition's channel (for other modules).
+    pub fn push_event(&mut self, to: PartitionId, event: Event) {
+        self.push(to, event);
     }
 
     pub fn set_runtime(&mut self, id: PartitionId, state: Runtime) {
@@ -831,27 +860,6 @@ impl System {
         Ok((total, page))
     }
 
-    /// DEACT / ACT / ADD_PCI / REM_PCI: authorization is checked against the
-    /// config; the commands themselves come with the hot-plug issue.
-    pub fn partition_command(
-        &self,
-        id: PartitionId,
-        command: crate::config::PartitionCommand,
-        target: Option<&Name>,
-    ) -> ReturnCode {
-        let name = self.partition_name(id);
-        if let Some(t) = target {
-            if !self.ids.contains_key(t.as_str()) {
-                return ReturnCode::NotFound;
-            }
-        }
-        let target_name = target.map(|t| t.as_str().to_string()).unwrap_or_else(|| name.clone());
-        if !self.config.may_issue(&name, command, &target_name) {
-            return ReturnCode::Authority;
-        }
-        ReturnCode::Function
-    }
-
     // ----- owner operations (the control socket / CLI) ----------------------------------
 
     fn grant_view(&self, g: &crate::owner::Grant) -> GrantView {
@@ -977,6 +985,7 @@ impl System {
             host_session: self.host_session,
             grants: self.table.grants().count(),
             partitions,
+            cpu_control: self.slots.as_ref().map_or_else(|| "not set up".to_string(), |s| s.cpu().describe()),
         }
     }
 }
