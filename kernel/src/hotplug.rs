@@ -233,6 +233,8 @@ async fn remove(bsel: u32, bus: u8, slot: u8, reason: &'static str) {
     let functions: Vec<DeviceFunction> =
         (0..8).map(|function| DeviceFunction { bus, device: slot, function }).filter(|f| devices::config_read(*f, 0) as u16 != 0xffff).collect();
     for f in &functions {
+        // A directly mapped grant: drop the CPU mapping first.
+        crate::ivshmem::release(*f);
         if let Err(e) = devices::release(*f).await {
             // The driver is still live: ejecting now would pull the device
             // out from under it. Leave the request pending.

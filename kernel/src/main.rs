@@ -14,6 +14,7 @@ mod hcall;
 mod hcall_test;
 mod hotplug;
 mod hw;
+mod ivshmem;
 mod memfuncs;
 mod mm;
 mod net;
@@ -301,6 +302,13 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
                 }
                 r.sleep_ms(1).await;
             }
+        });
+    }
+    if let Some(spec) = cmdline.get("ivshmem_test") {
+        let r = reactor.clone();
+        let spec = spec.to_string();
+        reactor.spawn("ivshmem_test", async move {
+            let _ = ivshmem::test(spec, r).await;
         });
     }
     if let Some(script) = cmdline.get("slot_test") {

@@ -397,3 +397,76 @@ cmdline = "quiet cpu_test=spin"
         assert_eq!(std::fs::read_to_string(group.join("cpu.cfs_quota_us")).unwrap().trim(), "100000");
     }
 }
+
+/// Directly mapped grants: the owner grants one region to two partitions;
+/// each accepts it, lparhv hot-plugs an ivshmem-plain device over the
+/// region's file, the guest maps BAR2 at the logical address; lpar1 fills
+/// it with CPU stores, lpar2 finds the bytes with CPU loads, and so does
+/// lparhv in the file. A forced rescind hot-removes lpar1's device (the
+/// guest unmaps it and ejects).
+#[test]
+fn q35_grant_mapped_by_ivshmem() {
+    let seed = 5;
+    let sys = Sys::start(
+        "ivshmem",
+        &format!(
+            r#"
+[owner]
+memory = [ {{ name = "shm0", size = "64KiB" }} ]
+[[partition]]
+name = "lpar1"
+memory_mib = 64
+image = "$K"
+cmdline = "quiet hcall=on ivshmem_test=write:{seed}"
+[[partition]]
+name = "lpar2"
+memory_mib = 64
+image = "$K"
+cmdline = "quiet hcall=on ivshmem_test=read:{seed}"
+[authorizations]
+share = [ {{ from = "owner", to = ["lpar1", "lpar2"] }} ]
+"#
+        ),
+    );
+    let (l1, l2) = (sys.console("lpar1"), sys.console("lpar2"));
+    wait_ev(&l1, "hcall_up", 0, |_| true);
+    wait_ev(&l2, "hcall_up", 0, |_| true);
+    let mut cookies = Vec::new();
+    for to in ["lpar1", "lpar2"] {
+        let g = control::call(&sys.control(), &ControlRequest::Grant { resource: "shm0".into(), to: to.into(), offset: None, length: None }).unwrap();
+        cookies.push(g["cookie"].as_str().unwrap().to_string());
+    }
+    let t0 = Instant::now();
+    let w = wait_ev(&l1, "ivshmem_write", 0, |_| true);
+    assert_eq!(w.get("ok"), Some("1"), "{w:?}");
+    let m1 = wait_ev(&l1, "ivshmem_mapped", 0, |_| true);
+    let r = wait_ev(&l2, "ivshmem_read", 0, |_| true);
+    eprintln!("ivshmem: written by lpar1 and read by lpar2 {} ms after the grants; {m1:?}", t0.elapsed().as_millis());
+    assert_eq!(r.get("ok"), Some("1"), "{r:?}");
+    assert_eq!((r.get("len"), w.get("len")), (Some("65536"), Some("65536")));
+    // The logical address is in the logical window (1 TiB up), not the BAR.
+    assert!(u64::from_str_radix(m1.get("laddr").unwrap(), 16).unwrap() >= 1 << 40, "{m1:?}");
+    let file = std::fs::read(sys.config.state_dir.join("mem/shm0.mem")).unwrap();
+    let mut want = vec![0u8; 65536];
+    lparos_kernel::hcall_spec::fill_pattern(seed, 0, &mut want);
+    assert!(file == want, "the region file does not hold lpar1's stores");
+    // The device exists only in the two clients' QEMUs.
+    let has_ivshmem = |p: &str| {
+        let mut q = Qmp::connect(&qmp_socket_path(&sys.config.state_dir, p), Duration::from_secs(5)).unwrap();
+        // Device ids iv<n> (the root ports are ivrp<n>).
+        let pci = q.execute("query-pci", None).unwrap().to_string();
+        pci.match_indices("\"qdev_id\":\"iv").any(|(i, m)| pci[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    assert!(has_ivshmem("lpar1") && has_ivshmem("lpar2"));
+    // Forced rescind of lpar1's grant: its device goes.
+    control::call(&sys.control(), &ControlRequest::Rescind { cookie: cookies[0].clone(), partition: "lpar1".into(), force: true }).unwrap();
+    wait_ev(&l1, "ivshmem_unmapped", 0, |_| true);
+    let rem = wait_ev(&l1, "hotplug_remove", 0, |_| true);
+    assert_eq!(rem.get("ok"), Some("1"), "{rem:?}");
+    let deadline = Instant::now() + T;
+    while has_ivshmem("lpar1") {
+        assert!(Instant::now() < deadline, "ivshmem still in lpar1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(has_ivshmem("lpar2"), "lpar2 keeps its mapping");
+}

@@ -312,11 +312,22 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
         Request::Hello(_) => unreachable_hello(opcode),
         Request::Echo(data) => Response::Echo(data),
         Request::AcceptLogical { cookie, laddr } => match sys.accept(id, &cookie, laddr) {
-            Ok((laddr, length)) => Response::AcceptLogical { laddr, length },
+            Ok((laddr, length)) => {
+                // Directly mapped grants (crate::slots::ivshmem).
+                if let (Some(ctl), Some((file, size))) = (sys.slot_control(), sys.direct_map_source(id, laddr)) {
+                    ctl.map_grant(conn.name.clone(), laddr, file, size);
+                }
+                Response::AcceptLogical { laddr, length }
+            }
             Err(c) => fail(c),
         },
         Request::ReturnLogical { laddr } => match sys.return_logical(id, laddr) {
-            Ok(()) => Response::ReturnLogical,
+            Ok(()) => {
+                if let Some(ctl) = sys.slot_control() {
+                    ctl.unmap_grant(conn.name.clone(), laddr);
+                }
+                Response::ReturnLogical
+            }
             Err(c) => fail(c),
         },
         Request::GrantLogical { laddr, length, to } => match sys.grant_logical(id, laddr, length, &to) {

@@ -448,6 +448,15 @@ impl System {
         self.slots.clone()
     }
 
+    /// The region file and size behind the grant `id` accepted at `laddr`,
+    /// when the grant can be mapped directly (crate::slots::ivshmem).
+    pub fn direct_map_source(&self, id: PartitionId, laddr: u64) -> Option<(PathBuf, u64)> {
+        let entry = self.table.partition(id)?.l2p.get(laddr)?;
+        let grant = self.table.grant_record(entry.grant)?;
+        let region = self.memory.get(grant.resource)?;
+        crate::slots::ivshmem::mappable(grant.offset, grant.length, region.size).then(|| (region.path.clone(), region.size))
+    }
+
     pub fn runtime_of(&self, id: PartitionId) -> Runtime {
         self.runtime.get(&id).cloned().unwrap_or(Runtime::NotStarted)
     }
@@ -540,6 +549,10 @@ impl System {
             );
             self.log("rescind", Some(&self.partition_name(client)), text);
             self.push(client, Event::Rescinded { cookie, laddr, forced });
+            // A directly mapped grant loses its device (crate::slots::ivshmem).
+            if let (true, Some(l), Some(ctl)) = (forced, laddr, self.slots.clone()) {
+                ctl.unmap_grant(self.partition_name(client), l);
+            }
         }
     }
 

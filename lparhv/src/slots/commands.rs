@@ -136,6 +136,9 @@ pub struct SlotControl {
     cpu: super::cpu::CpuControl,
     /// The console log of each partition's current QEMU.
     consoles: Mutex<std::collections::BTreeMap<String, ConsoleLog>>,
+    /// Directly mapped grants: (partition, logical address) → device.
+    ivshmem: Mutex<std::collections::BTreeMap<(String, u64), super::ivshmem::IvDevice>>,
+    next_ivshmem: std::sync::atomic::AtomicU64,
 }
 
 /// A guest's console lines, shared with its [`Guest`].
@@ -188,6 +191,8 @@ impl SlotControl {
             launcher: Mutex::new(None),
             cpu,
             consoles: Mutex::new(std::collections::BTreeMap::new()),
+            ivshmem: Mutex::new(std::collections::BTreeMap::new()),
+            next_ivshmem: std::sync::atomic::AtomicU64::new(1),
         });
         lock(system).set_slot_control(ctl.clone());
         Ok(ctl)
@@ -208,6 +213,35 @@ impl SlotControl {
             warn!(partition, "CPU share: {e}");
         }
         lock(&self.consoles).insert(partition.to_string(), guest.console_log());
+    }
+
+    pub(crate) fn serial(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reconcile();
+        lock(&self.serial)
+    }
+
+    pub(crate) fn config(&self) -> &SystemConfig {
+        &self.config
+    }
+
+    pub(crate) fn ivshmem_devices(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, u64), super::ivshmem::IvDevice>> {
+        lock(&self.ivshmem)
+    }
+
+    pub(crate) fn next_ivshmem(&self) -> u64 {
+        self.next_ivshmem.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_pub(&self, kind: &str, partition: &str, detail: String) {
+        self.note(kind, partition, detail);
+    }
+
+    pub(crate) fn qmp_pub(&self, partition: &str) -> Result<Qmp, String> {
+        self.qmp(partition).map_err(|f| f.1)
+    }
+
+    pub(crate) fn deact_pub(&self, partition: &str) -> Result<(), String> {
+        self.deact(partition).map_err(|f| f.1)
     }
 
     /// The console log of `partition`'s current (latest) QEMU.
@@ -246,6 +280,12 @@ impl SlotControl {
             for (i, s) in self.config.slots.iter().enumerate() {
                 spec.extra.push("-device".into());
                 spec.extra.push(format!("pcie-root-port,id={},chassis={},bus=pcie.0,addr={:#x}", root_port_id(s.id), 20 + i, 0x10 + i));
+            }
+            if !self.config.owner.memory.is_empty() {
+                for i in 0..super::ivshmem::IVSHMEM_PORTS {
+                    spec.extra.push("-device".into());
+                    spec.extra.push(format!("pcie-root-port,id={},chassis={},bus=pcie.0,addr={:#x}", super::ivshmem::port_id(i), 40 + i, 0x18 + i));
+                }
             }
         }
         for slot in lock(&self.table).partition_starting(partition) {
@@ -297,6 +337,7 @@ impl SlotControl {
     fn reconcile(&self) {
         let stopped: Vec<String> =
             self.config.partitions.iter().filter(|p| self.running_pid(&p.name).is_none()).map(|p| p.name.clone()).collect();
+        lock(&self.ivshmem).retain(|(p, _), _| !stopped.contains(p));
         let mut table = lock(&self.table);
         for p in stopped {
             table.partition_stopped(&p);
@@ -306,8 +347,7 @@ impl SlotControl {
     /// Runs `command` for `caller` to completion (blocking).
     pub fn execute(&self, caller: &Caller, command: &Command) -> Outcome {
         let started = Instant::now();
-        let _serial = lock(&self.serial);
-        self.reconcile();
+        let _serial = self.serial();
         let mut fenced = false;
         let result = self.authorize(caller, command).and_then(|()| match command {
             Command::Deact { partition } => self.deact(partition).map(|()| "powered off".to_string()),

@@ -6,9 +6,11 @@
 //!   device is attached (runtime); the "one QEMU at a time" invariant.
 //! - `commands`: executing the commands against QEMU (QMP, processes).
 //! - `cpu`: per-partition cgroups.
+//! - `ivshmem`: directly mapped grants (ivshmem-plain over region files).
 
 pub mod commands;
 pub mod cpu;
+pub mod ivshmem;
 pub mod table;
 
 pub use commands::{Caller, Command, Launcher, Outcome, SlotControl, SlotView};
