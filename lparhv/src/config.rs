@@ -923,6 +923,27 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
     }
 
     #[test]
+    fn slots_and_machine() {
+        let base = "[system]\nname = \"m\"\nstate_dir = \"/s\"\n[[partition]]\nname = \"p1\"\nmemory_mib = 64\nimage = \"/k\"\nmachine = \"pc\"\n";
+        let c = parse(&format!("{base}[slots]\neject_timeout_ms = 900\n[[slot]]\nid = 3\ndisk = \"d.img\"\nowner = \"p1\"\n")).unwrap();
+        assert_eq!(c.eject_timeout_ms, 900);
+        assert_eq!(c.partitions[0].machine, MachineType::Pc);
+        assert_eq!(c.slots[0].id, 3);
+        assert_eq!(c.slots[0].owner.as_deref(), Some("p1"));
+        assert!(c.slots[0].disk.is_absolute());
+        assert!(c.may_issue("p1", PartitionCommand::SetCpuShare, "p1") == false);
+        let dup = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\n[[slot]]\nid = 1\ndisk = \"b\"\n");
+        assert!(err(&dup).message.contains("defined twice"));
+        let owner = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\nowner = \"nobody\"\n");
+        assert!(err(&owner).message.contains("not a partition"));
+        let same = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\n[[slot]]\nid = 2\ndisk = \"a\"\n");
+        assert!(err(&same).message.contains("same disk"));
+        let t = format!("{base}[slots]\neject_timeout_ms = 10\n");
+        assert!(err(&t).message.contains("out of range"));
+        assert_eq!(parse(base).unwrap().eject_timeout_ms, DEFAULT_EJECT_TIMEOUT_MS);
+    }
+
+    #[test]
     fn short_grace_names_line_and_fix() {
         let text = GOOD.replace("grace_ms = 3000", "grace_ms = 1500");
         let e = err(&text);

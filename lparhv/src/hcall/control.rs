@@ -253,6 +253,12 @@ mod tests {
         let r: ControlRequest = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
         assert_eq!(r, ControlRequest::Status);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"format_disk"}"#).is_err());
+        let r: ControlRequest = serde_json::from_str(r#"{"op":"partition","command":"rem_pci","slot":0,"partition":"lpar1"}"#).unwrap();
+        assert_eq!(r, ControlRequest::Partition(crate::slots::Command::RemPci { slot: 0, partition: "lpar1".into() }));
+        assert_eq!(serde_json::from_str::<ControlRequest>(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"partition","command":"rem_pci","slot":0}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"partition","command":"nuke","partition":"x"}"#).is_err());
+        assert_eq!(serde_json::from_str::<ControlRequest>(r#"{"op":"slots"}"#).unwrap(), ControlRequest::Slots);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"grant","resource":"a","to":"b","x":1}"#).is_err());
     }
 }
