@@ -368,6 +368,17 @@ pub async fn release(bdf: DeviceFunction) -> Result<bool, String> {
     Ok(true)
 }
 
+/// Functions with this vendor and device id, with their BAR `bar`
+/// (address, size) when it was assigned.
+pub fn find(vendor: u16, device: u16, bar: u8) -> Vec<(DeviceFunction, Option<(u64, u64)>)> {
+    let Some(reg) = REGISTRY.get() else { return Vec::new() };
+    let pci = reg.pci.lock();
+    pci.functions()
+        .filter(|f| f.vendor == vendor && f.device == device)
+        .map(|f| (f.bdf, f.bar(bar).map(|b| (b.address, b.size))))
+        .collect()
+}
+
 /// Figures a hot-plug leak check compares.
 #[derive(Clone, Copy, Debug)]
 pub struct Stats {

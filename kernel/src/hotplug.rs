@@ -48,6 +48,15 @@ struct Hotplug {
 
 static HP: Once<Hotplug> = Once::new();
 
+/// `hotplug_noeject=1`: eject requests are seen and reported once per slot
+/// (`@ev hotplug_eject_ignored`) but never acted on, to test lparhv's
+/// policy for guests that do not eject.
+static IGNORE_EJECTS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn ignore_ejects() {
+    IGNORE_EJECTS.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
 fn read(base: u16, bsel: u32, offset: u16) -> u32 {
     port::outl(base + reg::SELECT, bsel);
     port::inl(base + offset)
@@ -160,6 +169,12 @@ fn pass(hp: &Hotplug) {
             inserted = true;
         }
         for slot in pcihp::slots(down) {
+            if IGNORE_EJECTS.load(core::sync::atomic::Ordering::Relaxed) {
+                if hp.removing.lock().insert((bus, slot)) {
+                    event(ev("hotplug_eject_ignored").field("bus", format_args!("{bus:02x}")).field("slot", slot));
+                }
+                continue;
+            }
             ejects.push((bsel, bus, slot, "eject"));
         }
     }
@@ -218,6 +233,8 @@ async fn remove(bsel: u32, bus: u8, slot: u8, reason: &'static str) {
     let functions: Vec<DeviceFunction> =
         (0..8).map(|function| DeviceFunction { bus, device: slot, function }).filter(|f| devices::config_read(*f, 0) as u16 != 0xffff).collect();
     for f in &functions {
+        // A directly mapped grant: drop the CPU mapping first.
+        crate::ivshmem::release(*f);
         if let Err(e) = devices::release(*f).await {
             // The driver is still live: ejecting now would pull the device
             // out from under it. Leave the request pending.

@@ -15,6 +15,7 @@ mod hcall;
 mod hcall_test;
 mod hotplug;
 mod hw;
+mod ivshmem;
 mod memfuncs;
 mod mm;
 mod net;
@@ -23,6 +24,7 @@ mod sci;
 mod rootvg_svc;
 mod vios_events;
 mod services;
+mod slot_test;
 mod shutdown;
 mod time;
 
@@ -307,10 +309,46 @@ fn start_services(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
                 r.spawn("hotplug_io", services::hotplug_io(disk, seed));
             });
         }
+        Some("check") => {
+            let seed = cmdline.get_u64("hotplug_seed").ok().flatten().unwrap_or(7);
+            let r = reactor.clone();
+            hotplug::on_add(move |disk| {
+                r.spawn("hotplug_check", services::hotplug_check(disk, seed));
+            });
+        }
         Some(other) => log::warn!("unknown hotplug_test={other}"),
         None => {}
     }
     start_vios_events(cmdline, reactor);
+    // A guest that ignores eject requests (docs/slots.md: rem_pci policy).
+    if cmdline.get("hotplug_noeject") == Some("1") {
+        hotplug::ignore_ejects();
+    }
+    // `cpu_test=spin`: keep the vCPU busy (docs/slots.md, CPU shares):
+    // 10 ms of work, then a 1 ms sleep so other tasks still run.
+    if cmdline.get("cpu_test") == Some("spin") {
+        let r = reactor.clone();
+        reactor.spawn("cpu_spin", async move {
+            console::event(console::ev("cpu_spin").field("started", 1));
+            loop {
+                let until = r.now_ns() + 10_000_000;
+                while r.now_ns() < until {
+                    core::hint::spin_loop();
+                }
+                r.sleep_ms(1).await;
+            }
+        });
+    }
+    if let Some(spec) = cmdline.get("ivshmem_test") {
+        let r = reactor.clone();
+        let spec = spec.to_string();
+        reactor.spawn("ivshmem_test", async move {
+            let _ = ivshmem::test(spec, r).await;
+        });
+    }
+    if let Some(script) = cmdline.get("slot_test") {
+        reactor.spawn("slot_test", slot_test::run(script.to_string(), reactor.clone()));
+    }
     // rootvg (docs/vios.md): `vios_test=writer:<seed>` implies `rootvg=on`.
     if cmdline.get("vios_test") == Some("bench") {
         spawn_test(reactor, "vios_bench", rootvg_svc::bench(reactor.clone()));

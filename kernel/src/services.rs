@@ -205,3 +205,35 @@ pub async fn hotplug_io(disk: alloc::sync::Arc<devices::BlockDevice>, seed: u64)
     }
     event(e);
 }
+
+/// Sectors `hotplug_test=check` reads at most.
+const CHECK_MAX_SECTORS: u64 = 4096;
+
+/// `hotplug_test=check` (with `hotplug_seed`): read a hot-added disk from
+/// sector 0 and count how many leading sectors hold the disk pattern of
+/// that seed (what another partition's `hotplug_test=io` wrote):
+/// `@ev hotplug_check bdf=<bdf> ok=<0|1> matched_sectors=<n>`.
+pub async fn hotplug_check(disk: alloc::sync::Arc<devices::BlockDevice>, seed: u64) {
+    let cap = disk.capacity().min(CHECK_MAX_SECTORS);
+    let mut buf = vec![0u8; HP_BATCH as usize * SECTOR];
+    let mut matched = 0u64;
+    let mut error = None::<String>;
+    'outer: while matched + HP_BATCH <= cap {
+        if let Err(e) = disk.read(matched, &mut buf).await {
+            error = Some(format!("read at {matched}: {e}"));
+            break;
+        }
+        for chunk in buf.chunks_exact(SECTOR) {
+            let sector: &[u8; SECTOR] = chunk.try_into().expect("exact chunk");
+            if !sector_matches(seed, matched, sector) {
+                break 'outer;
+            }
+            matched += 1;
+        }
+    }
+    let mut line = ev("hotplug_check").field("bdf", disk.bdf.as_str()).field("ok", error.is_none() as u8).field("matched_sectors", matched);
+    if let Some(e) = error {
+        line = line.field("error", e);
+    }
+    event(line);
+}

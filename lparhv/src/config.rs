@@ -89,6 +89,36 @@ pub enum PartitionCommand {
     Act,
     AddPci,
     RemPci,
+    SetCpuShare,
+}
+
+/// Machine type of a partition's QEMU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    #[default]
+    Q35,
+    Pc,
+}
+
+/// Most slots a system may define (each q35 partition gets one root port
+/// per slot, at PCI addresses 0x10..0x17 of pcie.0).
+pub const MAX_SLOTS: usize = 8;
+/// Bounds of `[slots] eject_timeout_ms`.
+pub const MIN_EJECT_TIMEOUT_MS: u64 = 200;
+pub const MAX_EJECT_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_EJECT_TIMEOUT_MS: u64 = 5_000;
+
+/// One PCI slot of the slot allocation table (docs/slots.md): a
+/// single-port device, a disk image attached as virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotConfig {
+    pub id: u32,
+    pub disk: PathBuf,
+    pub format: String,
+    /// The partition the slot is allocated (and enabled) to when the state
+    /// directory has no entry for it yet.
+    pub owner: Option<String>,
 }
 
 /// One NIC: a port on virtual LAN `lan` with MAC address `mac`.
@@ -123,6 +153,7 @@ pub struct PartitionConfig {
     /// keeps their bytes, the partition is their owner in the grant table,
     /// and a failure of the partition is an owner failure for their clients.
     pub memory: Vec<MemoryRegionConfig>,
+    pub machine: MachineType,
 }
 
 /// One memory region the owner can grant.
@@ -165,6 +196,10 @@ pub struct SystemConfig {
     /// (granter, client) pairs: who may share with whom (directional).
     pub sharing: BTreeSet<(String, String)>,
     pub commands: Vec<CommandAuthorization>,
+    pub slots: Vec<SlotConfig>,
+    /// rem_pci: how long lparhv waits for the guest's eject before it
+    /// deacts that guest (docs/slots.md).
+    pub eject_timeout_ms: u64,
 }
 
 impl SystemConfig {
@@ -244,6 +279,28 @@ struct RawConfig {
     partition: Vec<Spanned<RawPartition>>,
     #[serde(default)]
     authorizations: Option<RawAuthorizations>,
+    #[serde(default)]
+    slots: Option<RawSlots>,
+    #[serde(default)]
+    slot: Vec<Spanned<RawSlot>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlots {
+    #[serde(default)]
+    eject_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlot {
+    id: Spanned<u32>,
+    disk: Spanned<String>,
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    owner: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +348,7 @@ struct RawPartition {
     role: Option<Role>,
     #[serde(default)]
     memory: Vec<Spanned<RawRegion>>,
+    machine: Option<MachineType>,
 }
 
 #[derive(Deserialize)]
@@ -585,6 +643,7 @@ impl Ctx<'_> {
                 nics,
                 disks,
                 role: p.role.unwrap_or(Role::Client),
+                machine: p.machine.unwrap_or_default(),
             });
         }
 
@@ -670,6 +729,8 @@ impl Ctx<'_> {
             commands.push(CommandAuthorization { partition, commands: cr.allow.iter().copied().collect(), targets });
         }
 
+        let (slots, eject_timeout_ms) = self.slots(&raw.slot, raw.slots.as_ref(), &partitions)?;
+
         Ok(SystemConfig {
             path: self.file.to_path_buf(),
             name,
@@ -680,7 +741,63 @@ impl Ctx<'_> {
             partitions,
             sharing,
             commands,
+            slots,
+            eject_timeout_ms,
         })
+    }
+
+    fn slots(
+        &self,
+        raw: &[Spanned<RawSlot>],
+        policy: Option<&RawSlots>,
+        partitions: &[PartitionConfig],
+    ) -> Result<(Vec<SlotConfig>, u64), ConfigError> {
+        let timeout = match policy.and_then(|p| p.eject_timeout_ms.as_ref()) {
+            None => DEFAULT_EJECT_TIMEOUT_MS,
+            Some(t) if (MIN_EJECT_TIMEOUT_MS..=MAX_EJECT_TIMEOUT_MS).contains(t.get_ref()) => *t.get_ref(),
+            Some(t) => {
+                return Err(self.error(
+                    Some(t.span()),
+                    format!("eject_timeout_ms = {} is out of range", t.get_ref()),
+                    format!("use {MIN_EJECT_TIMEOUT_MS}..={MAX_EJECT_TIMEOUT_MS} milliseconds"),
+                ))
+            }
+        };
+        if raw.len() > MAX_SLOTS {
+            return Err(self.error(Some(raw[MAX_SLOTS].span()), format!("more than {MAX_SLOTS} slots"), "define at most 8 [[slot]] tables"));
+        }
+        let mut out: Vec<SlotConfig> = Vec::new();
+        for s in raw {
+            let r = s.get_ref();
+            let id = *r.id.get_ref();
+            if out.iter().any(|o| o.id == id) {
+                return Err(self.error(Some(r.id.span()), format!("slot id {id} is defined twice"), "give every [[slot]] its own id"));
+            }
+            let format = match r.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("raw") => "raw".to_string(),
+                Some("qcow2") => "qcow2".to_string(),
+                Some(other) => {
+                    return Err(self.error(
+                        r.format.as_ref().map(|f| f.span()),
+                        format!("unknown slot disk format {other:?}"),
+                        "use format = \"raw\" or \"qcow2\"",
+                    ))
+                }
+            };
+            let disk = self.resolve(r.disk.get_ref());
+            if out.iter().any(|o| o.disk == disk) {
+                return Err(self.error(Some(r.disk.span()), "two slots name the same disk", "a single-port device belongs to one slot"));
+            }
+            let owner = match &r.owner {
+                None => None,
+                Some(o) if partitions.iter().any(|p| &p.name == o.get_ref()) => Some(o.get_ref().clone()),
+                Some(o) => {
+                    return Err(self.error(Some(o.span()), format!("slot owner {:?} is not a partition", o.get_ref()), "name a [[partition]] or leave owner out"))
+                }
+            };
+            out.push(SlotConfig { id, disk, format, owner });
+        }
+        Ok((out, timeout))
     }
 
     /// A region size: an integer (bytes) or a string with a binary suffix
@@ -824,6 +941,27 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
         let c = SystemConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.partitions.len(), 2);
         assert!(!c.owner.memory.is_empty());
+    }
+
+    #[test]
+    fn slots_and_machine() {
+        let base = "[system]\nname = \"m\"\nstate_dir = \"/s\"\n[[partition]]\nname = \"p1\"\nmemory_mib = 64\nimage = \"/k\"\nmachine = \"pc\"\n";
+        let c = parse(&format!("{base}[slots]\neject_timeout_ms = 900\n[[slot]]\nid = 3\ndisk = \"d.img\"\nowner = \"p1\"\n")).unwrap();
+        assert_eq!(c.eject_timeout_ms, 900);
+        assert_eq!(c.partitions[0].machine, MachineType::Pc);
+        assert_eq!(c.slots[0].id, 3);
+        assert_eq!(c.slots[0].owner.as_deref(), Some("p1"));
+        assert!(c.slots[0].disk.is_absolute());
+        assert!(c.may_issue("p1", PartitionCommand::SetCpuShare, "p1") == false);
+        let dup = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\n[[slot]]\nid = 1\ndisk = \"b\"\n");
+        assert!(err(&dup).message.contains("defined twice"));
+        let owner = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\nowner = \"nobody\"\n");
+        assert!(err(&owner).message.contains("not a partition"));
+        let same = format!("{base}[[slot]]\nid = 1\ndisk = \"a\"\n[[slot]]\nid = 2\ndisk = \"a\"\n");
+        assert!(err(&same).message.contains("same disk"));
+        let t = format!("{base}[slots]\neject_timeout_ms = 10\n");
+        assert!(err(&t).message.contains("out of range"));
+        assert_eq!(parse(base).unwrap().eject_timeout_ms, DEFAULT_EJECT_TIMEOUT_MS);
     }
 
     #[test]

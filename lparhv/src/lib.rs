@@ -10,6 +10,8 @@
 //! - `config`: the TOML description of a managed system.
 //! - `hcall`: the hypercall channel server, the control socket and the
 //!   daemon that `lparhv up` runs.
+//! - `slots`: the slot allocation table, deact / act / add_pci / rem_pci,
+//!   CPU shares (seed 004).
 //! - `vios`: the storage server (qemu-storage-daemon exporting LUNs over
 //!   NBD), NBD disk attachment, verification of the guest's write log.
 
@@ -20,6 +22,7 @@ pub mod pattern;
 pub mod qemu;
 pub mod qmp;
 pub mod storage;
+pub mod slots;
 pub mod vios;
 pub mod vswitch;
 

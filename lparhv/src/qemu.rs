@@ -361,6 +361,12 @@ impl Guest {
         }
     }
 
+    /// The shared console log (every line so far, appended as they come),
+    /// for whoever must watch a guest that someone else owns.
+    pub fn console_log(&self) -> Arc<Mutex<Vec<ConsoleLine>>> {
+        self.log.clone()
+    }
+
     /// Every console line so far.
     pub fn console(&self) -> Vec<ConsoleLine> {
         self.log.lock().expect("console log lock").clone()

@@ -6,6 +6,7 @@ mod boot;
 mod demo;
 mod system;
 mod rootvg;
+mod slots;
 mod vios;
 
 use anyhow::Result;
@@ -39,6 +40,8 @@ enum Command {
     Accel,
     #[command(flatten)]
     System(system::SystemCommand),
+    #[command(flatten)]
+    Slots(slots::SlotCommand),
     /// Create, inspect and check rootvg images.
     Rootvg(rootvg::RootvgArgs),
     /// Run a storage server (VIOS) and restart or crash it.
@@ -62,6 +65,7 @@ pub fn run() -> Result<()> {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::System(cmd) => system::run(&ctx, cmd),
+        Command::Slots(cmd) => slots::run(cmd),
         Command::Rootvg(args) => rootvg::run(args),
         Command::Vios(args) => vios::run(args),
         Command::Accel => {

@@ -55,7 +55,7 @@ impl Target {
         }
     }
 
-    fn socket(&self) -> Result<PathBuf> {
+    pub fn socket(&self) -> Result<PathBuf> {
         if let Some(c) = &self.control {
             return Ok(c.clone());
         }
@@ -165,6 +165,7 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             } else {
                 let s: StatusView = serde_json::from_value(v)?;
                 println!("system {} (owner {}, state {}), {} grants", s.system, s.owner, s.state_dir.display(), s.grants);
+                println!("cpu shares: {}", s.cpu_control);
                 println!("{:<12} {:>3} {:>4} {:<8} {:<28} {:>8}  qemu", "partition", "id", "gen", "role", "channel", "mappings");
                 for p in s.partitions {
                     println!(

@@ -52,6 +52,10 @@ pub enum ControlRequest {
         #[serde(default)]
         force: bool,
     },
+    /// A partition command as the operator (crate::slots; docs/slots.md).
+    Partition(crate::slots::Command),
+    /// The slot allocation table.
+    Slots,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +85,33 @@ impl ControlReply {
 /// Answers one request against the system. `down` only answers; the
 /// caller triggers the shutdown.
 pub fn handle(system: &Shared, request: &ControlRequest) -> ControlReply {
+    // Partition commands talk to QEMU for seconds: not under the lock.
+    match request {
+        ControlRequest::Partition(cmd) => {
+            let Some(ctl) = lock(system).slot_control() else {
+                return ControlReply::err("this lparhv has no slot controller".into(), Some(hypercall_abi::ReturnCode::NotAvailable.raw()));
+            };
+            let outcome = ctl.execute(&crate::slots::Caller::Operator, cmd);
+            return if outcome.code == 0 || outcome.fenced {
+                ControlReply::ok(outcome)
+            } else {
+                ControlReply {
+                    ok: false,
+                    error: Some(format!("{} ({}): {}", outcome.result, outcome.code, outcome.message)),
+                    code: Some(outcome.code),
+                    result: serde_json::to_value(&outcome).ok(),
+                }
+            };
+        }
+        ControlRequest::Slots => {
+            let ctl = lock(system).slot_control();
+            return match ctl {
+                Some(c) => ControlReply::ok(c.view()),
+                None => ControlReply::ok(Vec::<crate::slots::SlotView>::new()),
+            };
+        }
+        _ => {}
+    }
     let mut sys = lock(system);
     let op = |r: Result<Value, super::system::OpError>| match r {
         Ok(v) => ControlReply { ok: true, result: Some(v), error: None, code: None },
@@ -97,6 +128,7 @@ pub fn handle(system: &Shared, request: &ControlRequest) -> ControlReply {
         ControlRequest::Rescind { cookie, partition, force } => {
             op(sys.owner_rescind(cookie, partition, *force).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)))
         }
+        ControlRequest::Partition(_) | ControlRequest::Slots => ControlReply::err("handled above".into(), None),
     }
 }
 
@@ -156,7 +188,13 @@ async fn serve(system: Shared, stream: UnixStream, shutdown: Arc<Notify>) {
             match serde_json::from_slice::<ControlRequest>(&line) {
                 Ok(req) => {
                     info!(?req, "control request");
-                    (handle(&system, &req), req == ControlRequest::Down)
+                    let down = req == ControlRequest::Down;
+                    let sys = system.clone();
+                    // Blocking work (QMP, waiting for ejects) off the runtime.
+                    let reply = tokio::task::spawn_blocking(move || handle(&sys, &req))
+                        .await
+                        .unwrap_or_else(|e| ControlReply::err(format!("request failed: {e}"), None));
+                    (reply, down)
                 }
                 Err(e) => (ControlReply::err(format!("bad request: {e}"), None), false),
             }
@@ -180,7 +218,8 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
     let stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
         format!("cannot reach the lparhv daemon at {} (is `lparhv up` running?)", path.display())
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // rem_pci may wait for an eject (up to 10 min by config) and a fence.
+    stream.set_read_timeout(Some(Duration::from_secs(660)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -214,6 +253,12 @@ mod tests {
         let r: ControlRequest = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
         assert_eq!(r, ControlRequest::Status);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"format_disk"}"#).is_err());
+        let r: ControlRequest = serde_json::from_str(r#"{"op":"partition","command":"rem_pci","slot":0,"partition":"lpar1"}"#).unwrap();
+        assert_eq!(r, ControlRequest::Partition(crate::slots::Command::RemPci { slot: 0, partition: "lpar1".into() }));
+        assert_eq!(serde_json::from_str::<ControlRequest>(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"partition","command":"rem_pci","slot":0}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"partition","command":"nuke","partition":"x"}"#).is_err());
+        assert_eq!(serde_json::from_str::<ControlRequest>(r#"{"op":"slots"}"#).unwrap(), ControlRequest::Slots);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"grant","resource":"a","to":"b","x":1}"#).is_err());
     }
 }

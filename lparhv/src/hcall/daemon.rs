@@ -10,7 +10,7 @@ use crate::config::SystemConfig;
 use crate::owner::{CookieSource, PartitionId};
 use super::partitions::{RestartHandle, Supervisor};
 use crate::qemu::{Accel, GuestSpec};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<Gue
     let p = config.partition(name)?;
     let mut spec = GuestSpec::new(&p.name, &p.image, accel);
     spec.memory_mib = p.memory_mib;
+    spec.machine = match p.machine {
+        crate::config::MachineType::Q35 => crate::qemu::Machine::Q35,
+        crate::config::MachineType::Pc => crate::qemu::Machine::Pc,
+    };
     spec.cmdline = p.cmdline.clone();
     for d in &p.disks {
         // GuestSpec's disk format is static; the config only allows these.
@@ -87,6 +91,7 @@ impl Daemon {
     pub async fn start(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<Daemon> {
         let system = System::open(config, cookies)?;
         let system: Shared = Arc::new(Mutex::new(system));
+        crate::slots::SlotControl::install(&system).context("opening the slot table")?;
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&system).set_recovery_sender(tx);
         let restart: RestartSlot = Arc::new(Mutex::new(None));
@@ -128,6 +133,9 @@ impl Daemon {
         }
         let supervisor = Supervisor::start(self.system.clone(), names, accel, echo_console)?;
         *self.restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(supervisor.restart_handle());
+        if let Some(slots) = lock(&self.system).slot_control() {
+            slots.set_launcher(crate::slots::Launcher { restart: supervisor.restart_handle() });
+        }
         self.supervisor = Some(supervisor);
         Ok(())
     }
@@ -137,6 +145,9 @@ impl Daemon {
     pub async fn stop(self) {
         if let Some(s) = self.supervisor {
             s.stop();
+        }
+        if let Some(slots) = lock(&self.system).slot_control() {
+            slots.cpu().cleanup();
         }
         self.hcall.stop().await;
         self.control.stop().await;

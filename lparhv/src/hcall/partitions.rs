@@ -258,11 +258,12 @@ pub fn kill_all_recorded(state_dir: &Path) -> Vec<String> {
     killed
 }
 
-/// Copies new lines of a console file to stdout as `[name] line` until
-/// `stop` is set. Starts at the file's end as it is now.
-pub fn echo_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
+/// Calls `on_line` with every complete line appended to a console file
+/// from byte `start` on (None: from the file's end as it is now), until
+/// `stop` is set. Runs on its own thread.
+pub fn follow_console(name: &str, path: PathBuf, start: Option<u64>, stop: Arc<AtomicBool>, mut on_line: impl FnMut(&str) + Send + 'static) {
     let _ = std::thread::Builder::new().name(format!("{name}-console")).spawn(move || {
-        let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut offset = start.unwrap_or_else(|| std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
         let mut partial = String::new();
         while !stop.load(Ordering::Relaxed) {
             if let Ok(mut f) = std::fs::File::open(&path) {
@@ -280,8 +281,7 @@ pub fn echo_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
                         offset += n as u64;
                         if line.ends_with('\n') {
                             partial.push_str(line.trim_end_matches(['\n', '\r']));
-                            let mut out = std::io::stdout().lock();
-                            let _ = writeln!(out, "[{name}] {partial}");
+                            on_line(&partial);
                             partial.clear();
                         } else {
                             partial.push_str(&line);
@@ -290,8 +290,18 @@ pub fn echo_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    });
+}
+
+/// Copies new lines of a console file to stdout as `[name] line` until
+/// `stop` is set. Starts at the file's end as it is now.
+pub fn echo_console(name: String, path: PathBuf, stop: Arc<AtomicBool>) {
+    let prefix = name.clone();
+    follow_console(&name, path, None, stop, move |line| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "[{prefix}] {line}");
     });
 }
 
@@ -357,15 +367,31 @@ impl RestartHandle {
     }
 }
 
-fn spawn_one(system: &Shared, config: &SystemConfig, name: &str, accel: Accel, echo: &Option<Arc<AtomicBool>>) -> Option<(PartitionId, Detached)> {
+fn spawn_one(
+    system: &Shared,
+    config: &SystemConfig,
+    name: &str,
+    accel: Accel,
+    stop: &Arc<AtomicBool>,
+    echo: bool,
+) -> Option<(PartitionId, Detached)> {
     let id = lock(system).partition_id(name)?;
-    let spec = super::daemon::guest_spec(config, name, accel)?;
+    let mut spec = super::daemon::guest_spec(config, name, accel)?;
+    let slots = lock(system).slot_control();
+    if let Some(s) = &slots {
+        s.prepare_spec(name, &mut spec);
+    }
+    let console = console_path(&config.state_dir, name);
+    let console_start = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
     match Detached::spawn(&spec, &config.state_dir, accel.as_str()) {
         Ok(d) => {
             info!(partition = %name, pid = d.pid(), accel = %accel, "partition started (detached)");
             lock(system).set_runtime(id, Runtime::Running { pid: d.pid() });
-            if let Some(stop) = echo {
+            if echo {
                 echo_console(name.to_string(), d.record.console.clone(), stop.clone());
+            }
+            if let Some(s) = &slots {
+                s.started(name, d.pid(), d.record.console.clone(), console_start, stop.clone());
             }
             Some((id, d))
         }
@@ -385,7 +411,6 @@ impl Supervisor {
         std::fs::create_dir_all(config.state_dir.join("qmp"))?;
         std::fs::create_dir_all(config.state_dir.join("lan"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let echo_stop = echo.then(|| stop.clone());
         let mut guests: Vec<(PartitionId, Detached)> = Vec::new();
         for name in names {
             let Some(id) = lock(&system).partition_id(name) else { bail!("no partition {name:?} in the config") };
@@ -394,8 +419,12 @@ impl Supervisor {
                     Ok(d) => {
                         info!(partition = %name, pid = d.pid(), "partition reattached");
                         lock(&system).set_runtime(id, Runtime::Running { pid: d.pid() });
-                        if let Some(stop) = &echo_stop {
+                        if echo {
                             echo_console(name.clone(), d.record.console.clone(), stop.clone());
+                        }
+                        if let Some(s) = lock(&system).slot_control() {
+                            let start = std::fs::metadata(&d.record.console).map(|m| m.len()).unwrap_or(0);
+                            s.started(name, d.pid(), d.record.console.clone(), start, stop.clone());
                         }
                         guests.push((id, d));
                         continue;
@@ -408,12 +437,13 @@ impl Supervisor {
                     }
                 }
             }
-            if let Some(g) = spawn_one(&system, &config, name, accel, &echo_stop) {
+            if let Some(g) = spawn_one(&system, &config, name, accel, &stop, echo) {
                 guests.push(g);
             }
         }
         let (restart_tx, restart_rx) = mpsc::channel::<PartitionId>();
         let flag = stop.clone();
+        let tail_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("lparhv-supervisor".into())
             .spawn(move || {
@@ -438,8 +468,8 @@ impl Supervisor {
                                 continue;
                             }
                             let name = lock(&system).partition_name(id);
-                            info!(partition = %name, "restarting the partition after its owner-failure recovery");
-                            if let Some(g) = spawn_one(&system, &config, &name, accel, &echo_stop) {
+                            info!(partition = %name, "starting the partition (owner-failure recovery or act)");
+                            if let Some(g) = spawn_one(&system, &config, &name, accel, &tail_stop, echo) {
                                 guests.push(g);
                             }
                         }

@@ -17,7 +17,6 @@
 //! input can make the server panic or touch another partition's state.
 
 use super::system::{Shared, System};
-use crate::config::PartitionCommand;
 use crate::owner::PartitionId;
 use anyhow::{bail, Context, Result};
 use hypercall_abi::{
@@ -295,6 +294,15 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
         debug!(partition = %conn.name, opcode, "request before HELLO");
         return encode_response(hypercall_abi::HELLO_FRAME_VERSION, rid, &fail(ReturnCode::State));
     };
+    // Partition commands take seconds (QMP, an eject, a fence): they run
+    // off this reader and answer later (crate::slots).
+    let slots = lock(system).slot_control();
+    if let Some(ctl) = slots {
+        if let Some(command) = crate::slots::Command::from_request(&request, &conn.name) {
+            crate::slots::commands::spawn_hcall(ctl, conn.name.clone(), command, opcode, version, rid, conn.tx.clone());
+            return None;
+        }
+    }
     // Everything below runs under the one lock, check and action together.
     let mut sys = lock(system);
     let id = conn.id;
@@ -304,11 +312,22 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
         Request::Hello(_) => unreachable_hello(opcode),
         Request::Echo(data) => Response::Echo(data),
         Request::AcceptLogical { cookie, laddr } => match sys.accept(id, &cookie, laddr) {
-            Ok((laddr, length)) => Response::AcceptLogical { laddr, length },
+            Ok((laddr, length)) => {
+                // Directly mapped grants (crate::slots::ivshmem).
+                if let (Some(ctl), Some((file, size))) = (sys.slot_control(), sys.direct_map_source(id, laddr)) {
+                    ctl.map_grant(conn.name.clone(), laddr, file, size);
+                }
+                Response::AcceptLogical { laddr, length }
+            }
             Err(c) => fail(c),
         },
         Request::ReturnLogical { laddr } => match sys.return_logical(id, laddr) {
-            Ok(()) => Response::ReturnLogical,
+            Ok(()) => {
+                if let Some(ctl) = sys.slot_control() {
+                    ctl.unmap_grant(conn.name.clone(), laddr);
+                }
+                Response::ReturnLogical
+            }
             Err(c) => fail(c),
         },
         Request::GrantLogical { laddr, length, to } => match sys.grant_logical(id, laddr, length, &to) {
@@ -337,12 +356,13 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
             }
             Err(c) => fail(c),
         },
-        Request::Deact { partition } => fail(sys.partition_command(id, PartitionCommand::Deact, Some(&partition))),
-        Request::Act { partition } => fail(sys.partition_command(id, PartitionCommand::Act, Some(&partition))),
-        Request::AddPci { .. } => fail(sys.partition_command(id, PartitionCommand::AddPci, None)),
-        Request::RemPci { partition, .. } => {
-            fail(sys.partition_command(id, PartitionCommand::RemPci, Some(&partition)))
+        // Partition commands without a slot controller (a System used
+        // without the daemon): nothing can carry them out.
+        Request::Deact { .. } | Request::Act { .. } | Request::AddPci { .. } | Request::RemPci { .. } => {
+            fail(ReturnCode::NotAvailable)
         }
+        // Without a slot controller (a System used without the daemon).
+        Request::SetCpuShare { .. } => fail(ReturnCode::NotAvailable),
         Request::RegisterEvents { server, mask } => match crate::storage::register_events(&mut sys, id, &server, mask) {
             Ok(mask) => Response::RegisterEvents { mask },
             Err(c) => fail(c),
@@ -351,8 +371,6 @@ fn dispatch(system: &Shared, conn: &mut Conn, rid: u32, request: Request<'_>) ->
             Ok(()) => Response::PauseComplete,
             Err(c) => fail(c),
         },
-        // CPU shares come with a later issue.
-        Request::SetCpuShare { .. } => fail(ReturnCode::Function),
     };
     drop(sys);
     encode_response(version, rid, &response)

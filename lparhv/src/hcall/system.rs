@@ -157,6 +157,9 @@ pub struct StatusView {
     pub host_session: u64,
     pub grants: usize,
     pub partitions: Vec<PartitionStatusView>,
+    /// How CPU shares are enforced, or why they cannot be (docs/slots.md).
+    #[serde(default)]
+    pub cpu_control: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +268,9 @@ pub struct System {
     recovery_tx: Option<RecoveryTx>,
     /// VIOS attachments, event-action table, PAUSE rounds (crate::storage).
     pub storage: crate::storage::StorageState,
+    /// The slot table and partition commands (crate::slots), once the
+    /// daemon installed them.
+    slots: Option<Arc<crate::slots::SlotControl>>,
 }
 
 /// Every memory region of the config with the name of its owner: lparhv's
@@ -407,6 +413,7 @@ impl System {
             host_session,
             recovery_tx: None,
             storage: crate::storage::StorageState::open(&config.state_dir),
+            slots: None,
         };
         system.log("start", None, format!("host session {host_session:#x}, table revision {}", system.table.revision()));
         Ok(system)
@@ -449,6 +456,37 @@ impl System {
             }
         }
         self.recovery_tx = Some(tx);
+    }
+
+    pub fn set_slot_control(&mut self, slots: Arc<crate::slots::SlotControl>) {
+        self.slots = Some(slots);
+    }
+
+    pub fn slot_control(&self) -> Option<Arc<crate::slots::SlotControl>> {
+        self.slots.clone()
+    }
+
+    /// The region file and size behind the grant `id` accepted at `laddr`,
+    /// when the grant can be mapped directly (crate::slots::ivshmem).
+    pub fn direct_map_source(&self, id: PartitionId, laddr: u64) -> Option<(PathBuf, u64)> {
+        let entry = self.table.partition(id)?.l2p.get(laddr)?;
+        let grant = self.table.grant_record(entry.grant)?;
+        let region = self.memory.get(grant.resource)?;
+        crate::slots::ivshmem::mappable(grant.offset, grant.length, region.size).then(|| (region.path.clone(), region.size))
+    }
+
+    pub fn runtime_of(&self, id: PartitionId) -> Runtime {
+        self.runtime.get(&id).cloned().unwrap_or(Runtime::NotStarted)
+    }
+
+    /// Adds an entry to the event log (for other modules).
+    pub fn note(&mut self, kind: &str, partition: Option<&str>, detail: String) {
+        self.log(kind, partition, detail);
+    }
+
+    /// Pushes an event to a partition's channel (for other modules).
+    pub fn push_event(&mut self, to: PartitionId, event: Event) {
+        self.push(to, event);
     }
 
     pub fn set_runtime(&mut self, id: PartitionId, state: Runtime) {
@@ -508,16 +546,6 @@ impl System {
         self.log("event", Some(&name), format!("{} {event:?} ({delivered})", event.code().name()));
     }
 
-    /// Logs `event` and pushes it to `to` (for the storage protocols).
-    pub fn push_event(&mut self, to: PartitionId, event: Event) {
-        self.push(to, event);
-    }
-
-    /// Adds an entry to the event log.
-    pub fn log_event(&mut self, kind: &str, partition: Option<&str>, detail: String) {
-        self.log(kind, partition, detail);
-    }
-
     fn name_of(&self, id: PartitionId) -> Name {
         // Names were validated by the config; an unknown id shows as "unknown".
         Name::new(&self.partition_name(id)).unwrap_or_else(|_| Name::new("unknown").expect("valid name"))
@@ -539,6 +567,10 @@ impl System {
             );
             self.log("rescind", Some(&self.partition_name(client)), text);
             self.push(client, Event::Rescinded { cookie, laddr, forced });
+            // A directly mapped grant loses its device (crate::slots::ivshmem).
+            if let (true, Some(l), Some(ctl)) = (forced, laddr, self.slots.clone()) {
+                ctl.unmap_grant(self.partition_name(client), l);
+            }
         }
     }
 
@@ -880,27 +912,6 @@ impl System {
         Ok((total, page))
     }
 
-    /// DEACT / ACT / ADD_PCI / REM_PCI: authorization is checked against the
-    /// config; the commands themselves come with the hot-plug issue.
-    pub fn partition_command(
-        &self,
-        id: PartitionId,
-        command: crate::config::PartitionCommand,
-        target: Option<&Name>,
-    ) -> ReturnCode {
-        let name = self.partition_name(id);
-        if let Some(t) = target {
-            if !self.ids.contains_key(t.as_str()) {
-                return ReturnCode::NotFound;
-            }
-        }
-        let target_name = target.map(|t| t.as_str().to_string()).unwrap_or_else(|| name.clone());
-        if !self.config.may_issue(&name, command, &target_name) {
-            return ReturnCode::Authority;
-        }
-        ReturnCode::Function
-    }
-
     // ----- owner operations (the control socket / CLI) ----------------------------------
 
     fn grant_view(&self, g: &crate::owner::Grant) -> GrantView {
@@ -1038,6 +1049,7 @@ impl System {
             host_session: self.host_session,
             grants: self.table.grants().count(),
             partitions,
+            cpu_control: self.slots.as_ref().map_or_else(|| "not set up".to_string(), |s| s.cpu().describe()),
         }
     }
 }

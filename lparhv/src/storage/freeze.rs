@@ -116,7 +116,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
     for f in frozen.iter_mut().filter(|f| !q.contains_key(&f.0)) {
         f.4 = Some("no QMP connection".into());
     }
-    lock(system).log_event(
+    lock(system).note(
         "freeze",
         None,
         format!(
@@ -127,7 +127,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
     );
     let outage = noticed.elapsed();
     if let Err(e) = &back {
-        lock(system).log_event("freeze", None, format!("server {server} did not come back: {e:#}; partitions stay frozen"));
+        lock(system).note("freeze", None, format!("server {server} did not come back: {e:#}; partitions stay frozen"));
         let frozen = frozen
             .into_iter()
             .map(|(_, partition, t, at, error, stop_reply)| Frozen {
@@ -160,7 +160,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
         report.push(Frozen { partition, duration, frozen_at_ns, thawed_at_ns, conts, stop_reply, error });
     }
     drop(q);
-    lock(system).log_event("thaw", None, format!("server {server}: outage {outage:?}, thawed {:?}", report.iter().map(|f| (&f.partition, f.duration)).collect::<Vec<_>>()));
+    lock(system).note("thaw", None, format!("server {server}: outage {outage:?}, thawed {:?}", report.iter().map(|f| (&f.partition, f.duration)).collect::<Vec<_>>()));
     Ok(FreezeReport { server, cause, freeze_all, outage, frozen: report, error: None })
 }
 

@@ -248,7 +248,7 @@ pub fn register_events(
 ) -> Result<EventMask, ReturnCode> {
     let r = sys.storage.register(id, server.as_str(), mask);
     let name = sys.partition_name(id);
-    sys.log_event("register_events", Some(&name), format!("server {server} mask {mask:?}: {r:?}"));
+    sys.note("register_events", Some(&name), format!("server {server} mask {mask:?}: {r:?}"));
     if r.is_ok() {
         let names: BTreeMap<PartitionId, String> =
             sys.storage.actions.keys().map(|(p, _)| (*p, sys.partition_name(*p))).collect();
@@ -268,7 +268,7 @@ pub fn pause_complete(
 ) -> Result<(), ReturnCode> {
     let r = sys.storage.pause_complete(id, server.as_str(), pause_id);
     let name = sys.partition_name(id);
-    sys.log_event("pause_complete", Some(&name), format!("server {server} pause {pause_id}: {r:?}"));
+    sys.note("pause_complete", Some(&name), format!("server {server} pause {pause_id}: {r:?}"));
     r
 }
 

@@ -76,7 +76,7 @@ pub fn pause_and_disconnect(system: &Shared, server: &str, limits: &PauseLimits)
         }
         let ids: Vec<PartitionId> = with.iter().map(|(id, _)| *id).collect();
         let pause_id = sys.storage.begin_pause(server, &ids);
-        sys.log_event("pause", None, format!("server {server} pause {pause_id}: PAUSE to {with:?}, no session: {without:?}"));
+        sys.note("pause", None, format!("server {server} pause {pause_id}: PAUSE to {with:?}, no session: {without:?}"));
         for (id, _) in &with {
             sys.push_event(*id, Event::Pause { server: wire, pause_id, deadline_ms });
         }
@@ -101,7 +101,7 @@ pub fn pause_and_disconnect(system: &Shared, server: &str, limits: &PauseLimits)
         None => (Vec::new(), Vec::new()),
     };
     if !not_quiesced.is_empty() {
-        sys.log_event(
+        sys.note(
             "pause_timeout",
             None,
             format!("server {server} pause {pause_id}: no PAUSE COMPLETE within {:?} from {not_quiesced:?}; going on", limits.pause_complete),
@@ -123,7 +123,7 @@ pub fn connect_and_resume(system: &Shared, paused: &Paused) -> Result<()> {
     for (id, _) in &paused.initiators {
         sys.push_event(*id, Event::Resume { server: wire, pause_id: paused.pause_id });
     }
-    sys.log_event("resume", None, format!("server {} pause {} at {} ns", paused.server, paused.pause_id, realtime_ns()));
+    sys.note("resume", None, format!("server {} pause {} at {} ns", paused.server, paused.pause_id, realtime_ns()));
     Ok(())
 }
 
@@ -135,13 +135,13 @@ pub fn planned_restart(system: &Shared, vios: &mut Vios, limits: &PauseLimits) -
     let restart = match vios.restart() {
         Ok(r) => r,
         Err(e) => {
-            lock(system).log_event("restart_failed", None, format!("server {}: {e:#}; no CONNECT", vios.name()));
+            lock(system).note("restart_failed", None, format!("server {}: {e:#}; no CONNECT", vios.name()));
             return Err(e);
         }
     };
     connect_and_resume(system, &paused)?;
     let total = paused.started.elapsed();
-    lock(system).log_event(
+    lock(system).note(
         "planned_restart",
         None,
         format!("server {}: quiesce {:?}, outage {:?}, PAUSE→RESUME {total:?}", vios.name(), paused.quiesce, restart.outage),

@@ -147,6 +147,54 @@ fn map_4k(mapper: &mut OffsetPageTable<'static>, addr: u64, flags: F) -> Result<
     ignore_existing(unsafe { mapper.map_to(page, frame, flags, &mut HeapFrames) })
 }
 
+/// Map `len` bytes at virtual `virt` to physical `phys` (both 4 KiB
+/// aligned), read-write, no-execute: a window onto device memory at an
+/// address of our choosing (ivshmem BAR2 at a grant's logical address).
+/// Refuses a range of which any page is mapped already.
+pub fn map_at(virt: u64, phys: u64, len: u64) -> Result<(), &'static str> {
+    if virt & 0xfff != 0 || phys & 0xfff != 0 || len == 0 || len & 0xfff != 0 {
+        return Err("map_at: unaligned");
+    }
+    virt.checked_add(len).ok_or("range wraps")?;
+    phys.checked_add(len).ok_or("range wraps")?;
+    let mut space = SPACE.lock();
+    let mapper = space.as_mut().ok_or("paging not initialised")?;
+    let pages = len / 4096;
+    for i in 0..pages {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt + i * 4096));
+        if mapper.translate_page(page).is_ok() {
+            return Err("map_at: already mapped");
+        }
+    }
+    for i in 0..pages {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt + i * 4096));
+        let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(phys + i * 4096));
+        // SAFETY: `virt` is outside every identity-mapped range (checked
+        // unmapped above), and the frame is device memory the caller owns
+        // (a BAR the PCI registry assigned to it).
+        let r = unsafe { mapper.map_to(page, frame, flags_for(Access::ReadWrite), &mut HeapFrames) };
+        match r {
+            Ok(flush) => flush.flush(),
+            Err(_) => return Err("map_at: cannot map"),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a mapping made by [`map_at`] (pages not mapped are skipped).
+pub fn unmap_at(virt: u64, len: u64) {
+    let mut space = SPACE.lock();
+    let Some(mapper) = space.as_mut() else { return };
+    let mut a = virt & !0xfff;
+    while a < virt.saturating_add(len) {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(a));
+        if let Ok((_, flush)) = mapper.unmap(page) {
+            flush.flush();
+        }
+        a += 4096;
+    }
+}
+
 /// Identity map `[phys, phys + len)` with `access`, if not mapped already.
 /// Returns the address to use (equal to `phys`).
 pub fn map(phys: u64, len: u64, access: Access) -> Result<u64, &'static str> {

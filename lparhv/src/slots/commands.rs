@@ -1,0 +1,664 @@
+//! The partition commands of seed 004, Figure 3 — `deact`, `act`,
+//! `add_pci`, `rem_pci` — plus SET_CPU_SHARE, executed against the slot
+//! table, the partitions' QEMU processes and their QMP monitors.
+//!
+//! Commands come from guests (hypercalls; the server hands them to
+//! [`spawn_hcall`], which answers when the command is done, off the
+//! channel's reader) and from the CLI (control socket, [`SlotControl::execute`]
+//! with [`Caller::Operator`]). They run one at a time (`serial`), on a
+//! blocking thread, never under the system lock while QEMU is talked to.
+//! docs/slots.md has the result codes and the eject time-out policy.
+
+use super::table::{AddPlan, Refusal, RemovePlan, SlotTable, SlotStore, TableError};
+use crate::config::{MachineType, PartitionCommand, SlotConfig, SystemConfig};
+use crate::hcall::daemon::qmp_socket_path;
+use crate::hcall::system::{Runtime, System};
+use crate::owner::PartitionId;
+use crate::qemu::GuestSpec;
+use crate::qmp::{Qmp, QmpError};
+use anyhow::anyhow;
+use hypercall_abi::{Event, Name, Request, Response, ReturnCode, SlotState, MAX_FRAME};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// How long lparhv waits to reach a partition's QMP monitor.
+const QMP_CONNECT: Duration = Duration::from_secs(5);
+/// How long a deact waits for the supervisor to see the QEMU gone.
+const DEACT_WAIT: Duration = Duration::from_secs(10);
+
+/// Who issues a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A partition, by hypercall: authorized by `[authorizations] commands`.
+    Partition(String),
+    /// The operator, through the control socket (the system console of
+    /// the seed): always authorized.
+    Operator,
+}
+
+/// A command, owned (a hypercall's borrowed request is converted first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    Deact { partition: String },
+    Act { partition: String },
+    /// Connect `slot` to `partition` (for a hypercall: the caller).
+    AddPci { slot: u32, partition: String },
+    RemPci { slot: u32, partition: String },
+    SetCpuShare { percent: u8, partition: String },
+}
+
+impl Command {
+    /// The command's name as the seed and the CLI spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Deact { .. } => "deact",
+            Command::Act { .. } => "act",
+            Command::AddPci { .. } => "add_pci",
+            Command::RemPci { .. } => "rem_pci",
+            Command::SetCpuShare { .. } => "set_cpu_share",
+        }
+    }
+
+    fn kind(&self) -> PartitionCommand {
+        match self {
+            Command::Deact { .. } => PartitionCommand::Deact,
+            Command::Act { .. } => PartitionCommand::Act,
+            Command::AddPci { .. } => PartitionCommand::AddPci,
+            Command::RemPci { .. } => PartitionCommand::RemPci,
+            Command::SetCpuShare { .. } => PartitionCommand::SetCpuShare,
+        }
+    }
+
+    fn target(&self) -> &str {
+        match self {
+            Command::Deact { partition }
+            | Command::Act { partition }
+            | Command::AddPci { partition, .. }
+            | Command::RemPci { partition, .. }
+            | Command::SetCpuShare { partition, .. } => partition,
+        }
+    }
+
+    /// The command of a hypercall request made by `caller`, if it is one.
+    pub fn from_request(request: &Request<'_>, caller: &str) -> Option<Command> {
+        let name = |n: &Name| n.as_str().to_string();
+        Some(match request {
+            Request::Deact { partition } => Command::Deact { partition: name(partition) },
+            Request::Act { partition } => Command::Act { partition: name(partition) },
+            Request::AddPci { slot } => Command::AddPci { slot: *slot, partition: caller.to_string() },
+            Request::RemPci { slot, partition } => Command::RemPci { slot: *slot, partition: name(partition) },
+            Request::SetCpuShare { partition, percent } => Command::SetCpuShare {
+                percent: *percent,
+                partition: partition.as_ref().map_or_else(|| caller.to_string(), name),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// What a command did: the wire code and, for people, what happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub command: String,
+    pub partition: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// H_SUCCESS, H_IN_USE, ... (docs/slots.md).
+    pub result: String,
+    pub code: i64,
+    pub message: String,
+    /// rem_pci: the guest did not eject in time and was deactivated.
+    #[serde(default)]
+    pub fenced: bool,
+    pub elapsed_ms: u64,
+}
+
+/// How QEMU processes are started after `lparhv up` started the first ones.
+/// How long `act` waits for the supervisor to start the partition.
+const ACT_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Launcher {
+    /// `act` asks the supervisor to start the partition (detached, like
+    /// every partition of `lparhv up`).
+    pub restart: crate::hcall::partitions::RestartHandle,
+}
+
+/// The slot table and the commands, shared by the hypercall server, the
+/// control socket and the daemon.
+pub struct SlotControl {
+    config: SystemConfig,
+    system: Weak<Mutex<System>>,
+    table: Mutex<SlotTable>,
+    serial: Mutex<()>,
+    launcher: Mutex<Option<Launcher>>,
+    cpu: super::cpu::CpuControl,
+    /// The console log of each partition's current QEMU.
+    consoles: Mutex<std::collections::BTreeMap<String, ConsoleLog>>,
+    /// Directly mapped grants: (partition, logical address) → device.
+    ivshmem: Mutex<std::collections::BTreeMap<(String, u64), super::ivshmem::IvDevice>>,
+    next_ivshmem: std::sync::atomic::AtomicU64,
+}
+
+/// A guest's console lines, shared with its [`Guest`].
+pub type ConsoleLog = Arc<Mutex<Vec<crate::qemu::ConsoleLine>>>;
+
+/// A refused or failed command.
+struct Fail(ReturnCode, String);
+
+fn fail(code: ReturnCode, message: impl Into<String>) -> Fail {
+    Fail(code, message.into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn opt_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+pub fn device_id(slot: u32) -> String {
+    format!("slot{slot}")
+}
+
+pub fn node_name(slot: u32) -> String {
+    format!("slot{slot}d")
+}
+
+pub fn root_port_id(slot: u32) -> String {
+    format!("slotrp{slot}")
+}
+
+impl SlotControl {
+    /// Opens `<state_dir>/slots.redb`, builds the table from the config and
+    /// installs the controller into `system`.
+    pub fn install(system: &Arc<Mutex<System>>) -> anyhow::Result<Arc<SlotControl>> {
+        let config = lock(system).config().clone();
+        let (store, stored) = SlotStore::open(&config.state_dir.join("slots.redb")).map_err(|e| anyhow!("{e}"))?;
+        let slots: Vec<(u32, Option<String>)> = config.slots.iter().map(|s| (s.id, s.owner.clone())).collect();
+        let names: Vec<String> = config.partitions.iter().map(|p| p.name.clone()).collect();
+        let table = SlotTable::open(Some(store), stored, &slots, &names).map_err(|e| anyhow!("{e}"))?;
+        let vcpus = config.partitions.iter().map(|p| (p.name.clone(), p.vcpus)).collect();
+        let cpu = super::cpu::CpuControl::probe(&config.name).with_vcpus(vcpus);
+        let ctl = Arc::new(SlotControl {
+            config,
+            system: Arc::downgrade(system),
+            table: Mutex::new(table),
+            serial: Mutex::new(()),
+            launcher: Mutex::new(None),
+            cpu,
+            consoles: Mutex::new(std::collections::BTreeMap::new()),
+            ivshmem: Mutex::new(std::collections::BTreeMap::new()),
+            next_ivshmem: std::sync::atomic::AtomicU64::new(1),
+        });
+        lock(system).set_slot_control(ctl.clone());
+        Ok(ctl)
+    }
+
+    pub fn set_launcher(&self, launcher: Launcher) {
+        *lock(&self.launcher) = Some(launcher);
+    }
+
+    pub fn cpu(&self) -> &super::cpu::CpuControl {
+        &self.cpu
+    }
+
+    /// A partition's QEMU was started (or reattached): apply its CPU share
+    /// and collect its console (the file QEMU writes, from byte
+    /// `console_start` on) until `stop` is set.
+    pub fn started(&self, partition: &str, pid: u32, console: std::path::PathBuf, console_start: u64, stop: Arc<std::sync::atomic::AtomicBool>) {
+        if let Err(e) = self.cpu.attach(partition, pid) {
+            warn!(partition, "CPU share: {e}");
+        }
+        let log: ConsoleLog = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        crate::hcall::partitions::follow_console(partition, console, Some(console_start), stop, move |line| {
+            let line = crate::qemu::ConsoleLine { at: std::time::Instant::now(), text: line.to_string() };
+            lock(&sink).push(line);
+        });
+        lock(&self.consoles).insert(partition.to_string(), log);
+    }
+
+    pub(crate) fn serial(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reconcile();
+        lock(&self.serial)
+    }
+
+    pub(crate) fn config(&self) -> &SystemConfig {
+        &self.config
+    }
+
+    pub(crate) fn ivshmem_devices(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(String, u64), super::ivshmem::IvDevice>> {
+        lock(&self.ivshmem)
+    }
+
+    pub(crate) fn next_ivshmem(&self) -> u64 {
+        self.next_ivshmem.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_pub(&self, kind: &str, partition: &str, detail: String) {
+        self.note(kind, partition, detail);
+    }
+
+    pub(crate) fn qmp_pub(&self, partition: &str) -> Result<Qmp, String> {
+        self.qmp(partition).map_err(|f| f.1)
+    }
+
+    pub(crate) fn deact_pub(&self, partition: &str) -> Result<(), String> {
+        self.deact(partition).map_err(|f| f.1)
+    }
+
+    /// The console log of `partition`'s current (latest) QEMU.
+    pub fn console(&self, partition: &str) -> Option<ConsoleLog> {
+        lock(&self.consoles).get(partition).cloned()
+    }
+
+    /// The table as `lparhv slots` shows it.
+    pub fn view(&self) -> Vec<SlotView> {
+        self.reconcile();
+        let table = lock(&self.table);
+        self.config
+            .slots
+            .iter()
+            .map(|s| {
+                let row = table.get(s.id).cloned().unwrap_or_default();
+                SlotView { slot: s.id, disk: s.disk.display().to_string(), owner: row.owner, enabled: row.enabled, attached: row.attached }
+            })
+            .collect()
+    }
+
+    fn slot_config(&self, slot: u32) -> Option<&SlotConfig> {
+        self.config.slots.iter().find(|s| s.id == slot)
+    }
+
+    /// Adds to a partition's QEMU spec: its machine type, one root port per
+    /// configured slot (q35), and the devices of the slots it owns with the
+    /// enable flag set (cold-plugged; from now on they count as attached).
+    pub fn prepare_spec(&self, partition: &str, spec: &mut GuestSpec) {
+        let machine = self.config.partition(partition).map(|p| p.machine).unwrap_or_default();
+        spec.machine = match machine {
+            MachineType::Q35 => crate::qemu::Machine::Q35,
+            MachineType::Pc => crate::qemu::Machine::Pc,
+        };
+        if machine == MachineType::Q35 {
+            for (i, s) in self.config.slots.iter().enumerate() {
+                spec.extra.push("-device".into());
+                spec.extra.push(format!("pcie-root-port,id={},chassis={},bus=pcie.0,addr={:#x}", root_port_id(s.id), 20 + i, 0x10 + i));
+            }
+            if !self.config.owner.memory.is_empty() {
+                for i in 0..super::ivshmem::IVSHMEM_PORTS {
+                    spec.extra.push("-device".into());
+                    spec.extra.push(format!("pcie-root-port,id={},chassis={},bus=pcie.0,addr={:#x}", super::ivshmem::port_id(i), 40 + i, 0x18 + i));
+                }
+            }
+        }
+        for slot in lock(&self.table).partition_starting(partition) {
+            let Some(s) = self.slot_config(slot) else { continue };
+            spec.extra.push("-blockdev".into());
+            spec.extra.push(format!(
+                "driver={},node-name={},file.driver=file,file.filename={}",
+                s.format,
+                node_name(slot),
+                opt_escape(&s.disk.display().to_string())
+            ));
+            spec.extra.push("-device".into());
+            let bus = if machine == MachineType::Q35 { format!(",bus={}", root_port_id(slot)) } else { String::new() };
+            spec.extra.push(format!("virtio-blk-pci,drive={},id={}{bus}", node_name(slot), device_id(slot)));
+            info!(partition, slot, "slot cold-plugged");
+        }
+    }
+
+    fn with_system<R>(&self, f: impl FnOnce(&mut System) -> R) -> Option<R> {
+        let sys = self.system.upgrade()?;
+        let mut guard = lock(&sys);
+        Some(f(&mut guard))
+    }
+
+    fn note(&self, kind: &str, partition: &str, detail: String) {
+        self.with_system(|s| s.note(kind, Some(partition), detail));
+    }
+
+    fn push_slot(&self, partition: &str, slot: u32, state: SlotState) {
+        self.with_system(|s| {
+            if let Some(id) = s.partition_id(partition) {
+                s.push_event(id, Event::Slot { slot, state });
+            }
+        });
+    }
+
+    fn runtime(&self, partition: &str) -> Option<(PartitionId, Runtime)> {
+        self.with_system(|s| s.partition_id(partition).map(|id| (id, s.runtime_of(id)))).flatten()
+    }
+
+    fn running_pid(&self, partition: &str) -> Option<u32> {
+        match self.runtime(partition) {
+            Some((_, Runtime::Running { pid })) => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Partitions whose QEMU is gone hold no devices.
+    fn reconcile(&self) {
+        let stopped: Vec<String> =
+            self.config.partitions.iter().filter(|p| self.running_pid(&p.name).is_none()).map(|p| p.name.clone()).collect();
+        lock(&self.ivshmem).retain(|(p, _), _| !stopped.contains(p));
+        let mut table = lock(&self.table);
+        for p in stopped {
+            table.partition_stopped(&p);
+        }
+    }
+
+    /// Runs `command` for `caller` to completion (blocking).
+    pub fn execute(&self, caller: &Caller, command: &Command) -> Outcome {
+        let started = Instant::now();
+        let _serial = self.serial();
+        let mut fenced = false;
+        let result = self.authorize(caller, command).and_then(|()| match command {
+            Command::Deact { partition } => self.deact(partition).map(|()| "powered off".to_string()),
+            Command::Act { partition } => self.act(partition),
+            Command::AddPci { slot, partition } => self.add_pci(*slot, partition),
+            Command::RemPci { slot, partition } => self.rem_pci(*slot, partition, &mut fenced),
+            Command::SetCpuShare { percent, partition } => self.set_cpu_share(partition, *percent),
+        });
+        let (code, message) = match result {
+            Ok(m) if fenced => (ReturnCode::Busy, m),
+            Ok(m) => (ReturnCode::Success, m),
+            Err(Fail(code, m)) => (code, m),
+        };
+        let who = match caller {
+            Caller::Partition(p) => p.as_str(),
+            Caller::Operator => "operator",
+        };
+        let slot = match command {
+            Command::AddPci { slot, .. } | Command::RemPci { slot, .. } => Some(*slot),
+            _ => None,
+        };
+        let name = command.name().to_string();
+        info!(caller = who, command = %name, target = command.target(), ?slot, code = code.name(), "{message}");
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        self.note(
+            "command",
+            command.target(),
+            format!("{name} by {who}{}: {} in {elapsed_ms} ms: {message}", slot.map(|s| format!(" slot {s}")).unwrap_or_default(), code.name()),
+        );
+        Outcome {
+            command: name,
+            partition: command.target().to_string(),
+            slot,
+            result: code.name().to_string(),
+            code: code.raw(),
+            message,
+            fenced,
+            elapsed_ms,
+        }
+    }
+
+    fn authorize(&self, caller: &Caller, command: &Command) -> Result<(), Fail> {
+        let target = command.target();
+        if self.config.partition(target).is_none() {
+            return Err(fail(ReturnCode::NotFound, format!("no partition {target:?}")));
+        }
+        match caller {
+            Caller::Operator => Ok(()),
+            // A partition may always set its own share and add to itself
+            // only when the config says so: no implicit rights.
+            Caller::Partition(p) if self.config.may_issue(p, command.kind(), target) => Ok(()),
+            Caller::Partition(p) => Err(fail(
+                ReturnCode::Authority,
+                format!("{p} is not authorized to {} {target} ([authorizations] commands)", command.name()),
+            )),
+        }
+    }
+
+    fn qmp(&self, partition: &str) -> Result<Qmp, Fail> {
+        let path = qmp_socket_path(&self.config.state_dir, partition);
+        Qmp::connect(&path, QMP_CONNECT).map_err(|e| fail(ReturnCode::Hardware, format!("QMP of {partition}: {e}")))
+    }
+
+    // ----- deact / act ---------------------------------------------------------
+
+    /// Powers `partition` off hard: QMP `quit` (the VM stops at once, no
+    /// guest involvement), or SIGKILL when the monitor cannot be reached.
+    /// Returns when the supervisor has seen the process gone, so its disk
+    /// images are closed.
+    fn deact(&self, partition: &str) -> Result<(), Fail> {
+        let (id, pid) = match self.runtime(partition) {
+            Some((id, Runtime::Running { pid })) => (id, pid),
+            _ => return Err(fail(ReturnCode::NotActive, format!("{partition} is not active"))),
+        };
+        let quit = Qmp::connect(&qmp_socket_path(&self.config.state_dir, partition), Duration::from_secs(2))
+            .and_then(|mut q| match q.execute("quit", None) {
+                Ok(_) | Err(QmpError::Closed) => Ok(()),
+                Err(e) => Err(e),
+            });
+        if let Err(e) = quit {
+            warn!(partition, pid, "QMP quit failed ({e}); sending SIGKILL");
+            if is_qemu_of(pid, partition) {
+                // SAFETY: kill(2) with a pid we started and the supervisor has
+                // not reaped yet (it is still Running in the runtime table,
+                // and /proc confirms it is this partition's QEMU).
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+        let deadline = Instant::now() + DEACT_WAIT;
+        while self.with_system(|s| s.runtime_of(id)) == Some(Runtime::Running { pid }) {
+            if Instant::now() >= deadline {
+                return Err(fail(ReturnCode::Hardware, format!("{partition}'s QEMU (pid {pid}) did not go away")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lock(&self.table).partition_stopped(partition);
+        Ok(())
+    }
+
+    fn act(&self, partition: &str) -> Result<String, Fail> {
+        if self.running_pid(partition).is_some() {
+            return Err(fail(ReturnCode::RState, format!("{partition} is already active")));
+        }
+        let launcher = lock(&self.launcher);
+        let Some(l) = launcher.as_ref() else {
+            return Err(fail(ReturnCode::NotAvailable, "this lparhv does not run QEMU (up --no-start)"));
+        };
+        let id = self
+            .with_system(|s| s.partition_id(partition))
+            .flatten()
+            .ok_or_else(|| fail(ReturnCode::NotFound, "no such partition"))?;
+        l.restart.restart(id);
+        drop(launcher);
+        let deadline = Instant::now() + ACT_WAIT;
+        loop {
+            if let Some(pid) = self.running_pid(partition) {
+                return Ok(format!("started (pid {pid})"));
+            }
+            if let Some(Runtime::FailedToStart { error }) = self.with_system(|s| s.runtime_of(id)) {
+                lock(&self.table).partition_stopped(partition);
+                return Err(fail(ReturnCode::Hardware, format!("starting QEMU: {error}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(ReturnCode::Hardware, format!("{partition} did not start within {ACT_WAIT:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // ----- add_pci / rem_pci -----------------------------------------------------
+
+    fn table_fail(e: TableError, slot: u32) -> Fail {
+        match e {
+            TableError::Refused(Refusal::NoSuchSlot) => fail(ReturnCode::NotFound, format!("no slot {slot}")),
+            TableError::Refused(Refusal::InUse(p)) => {
+                fail(ReturnCode::InUse, format!("slot {slot} is enabled for {p}; rem_pci it there first"))
+            }
+            TableError::Refused(Refusal::NotOwner) => fail(ReturnCode::NotFound, format!("slot {slot} is not allocated to that partition")),
+            TableError::Refused(Refusal::Busy) => fail(ReturnCode::Busy, format!("slot {slot} is being hot-plugged")),
+            TableError::Store(e) => fail(ReturnCode::Hardware, e.to_string()),
+        }
+    }
+
+    fn add_pci(&self, slot: u32, partition: &str) -> Result<String, Fail> {
+        let running = self.running_pid(partition).is_some();
+        let plan = lock(&self.table).add(slot, partition, running).map_err(|e| Self::table_fail(e, slot))?;
+        match plan {
+            AddPlan::Nothing => return Ok(format!("slot {slot} is already in {partition}")),
+            AddPlan::AtNextStart => return Ok(format!("slot {slot} allocated to {partition}; it is plugged in when {partition} is activated")),
+            AddPlan::HotAdd => {}
+        }
+        let result = self.hot_add(slot, partition);
+        let ok = result.is_ok();
+        if let Err(e) = lock(&self.table).add_done(slot, ok) {
+            warn!(slot, "slot table: {e}");
+        }
+        result?;
+        self.push_slot(partition, slot, SlotState::Added);
+        Ok(format!("slot {slot} hot-plugged into {partition}"))
+    }
+
+    fn hot_add(&self, slot: u32, partition: &str) -> Result<(), Fail> {
+        let s = self.slot_config(slot).ok_or_else(|| fail(ReturnCode::NotFound, format!("no slot {slot}")))?;
+        let q35 = self.config.partition(partition).map(|p| p.machine).unwrap_or_default() == MachineType::Q35;
+        let mut q = self.qmp(partition)?;
+        let node = node_name(slot);
+        let add = json!({"driver": s.format, "node-name": node, "file": {"driver": "file", "filename": s.disk.display().to_string()}});
+        if let Err(e) = q.execute("blockdev-add", Some(add)) {
+            let text = e.to_string();
+            // QEMU's image locking: the file is open elsewhere.
+            let code = if text.contains("lock") { ReturnCode::InUse } else { ReturnCode::Hardware };
+            return Err(fail(code, format!("blockdev-add: {text}")));
+        }
+        let rp = root_port_id(slot);
+        let dev = device_id(slot);
+        let mut props = vec![("drive", node.as_str())];
+        if q35 {
+            props.push(("bus", rp.as_str()));
+        }
+        if let Err(e) = q.device_add("virtio-blk-pci", &dev, &props) {
+            let _ = q.execute("blockdev-del", Some(json!({"node-name": node})));
+            return Err(fail(ReturnCode::Hardware, format!("device_add: {e}")));
+        }
+        Ok(())
+    }
+
+    fn rem_pci(&self, slot: u32, partition: &str, fenced: &mut bool) -> Result<String, Fail> {
+        let plan = lock(&self.table).remove(slot, partition).map_err(|e| Self::table_fail(e, slot))?;
+        if plan == RemovePlan::Nothing {
+            return Ok(format!("slot {slot} disabled for {partition} (no device was attached)"));
+        }
+        let timeout = Duration::from_millis(self.config.eject_timeout_ms);
+        self.push_slot(partition, slot, SlotState::EjectRequested);
+        let ejected = self.request_eject(slot, partition, timeout);
+        match ejected {
+            Ok(()) => {
+                lock(&self.table).detached(slot);
+                self.push_slot(partition, slot, SlotState::Removed);
+                Ok(format!("slot {slot} ejected by {partition}"))
+            }
+            Err(why) => {
+                // The policy: the guest did not give the device back in
+                // time, so it is fenced (deact) and the device goes with it.
+                warn!(partition, slot, "eject not done ({why}); deactivating {partition}");
+                self.note("policy", partition, format!("slot {slot}: {why}; deact"));
+                let r = self.deact(partition);
+                lock(&self.table).detached(slot);
+                r?;
+                *fenced = true;
+                Ok(format!("{partition} did not eject slot {slot} within {} ms ({why}); it was deactivated and the slot is free", timeout.as_millis()))
+            }
+        }
+    }
+
+    /// device_del, then DEVICE_DELETED within `timeout`, then blockdev-del.
+    fn request_eject(&self, slot: u32, partition: &str, timeout: Duration) -> Result<(), String> {
+        let mut q = self.qmp(partition).map_err(|f| f.1)?;
+        let dev = device_id(slot);
+        let deadline = Instant::now() + timeout;
+        match q.device_del(&dev) {
+            Ok(()) => {
+                q.wait_device_deleted(&dev, deadline.saturating_duration_since(Instant::now())).map_err(|e| e.to_string())?;
+            }
+            // Already gone (the guest removed it after an I/O error, Figure 17).
+            Err(QmpError::Command { desc, .. }) if desc.contains("not found") => {}
+            Err(e) => return Err(format!("device_del: {e}")),
+        }
+        if let Err(e) = q.execute("blockdev-del", Some(json!({"node-name": node_name(slot)}))) {
+            return Err(format!("blockdev-del: {e}"));
+        }
+        Ok(())
+    }
+
+    fn set_cpu_share(&self, partition: &str, percent: u8) -> Result<String, Fail> {
+        if !(1..=100).contains(&percent) {
+            return Err(fail(ReturnCode::Parameter, "percent must be 1..=100"));
+        }
+        let pid = self.running_pid(partition);
+        self.cpu.set_share(partition, percent, pid).map_err(|e| fail(e.code(), e.to_string()))
+    }
+}
+
+/// Whether `pid` is the QEMU of `partition` (its command line has
+/// `-name <partition>`).
+fn is_qemu_of(pid: u32, partition: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"-name" && w[1] == partition.as_bytes())
+}
+
+/// A row of `lparhv slots`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotView {
+    pub slot: u32,
+    pub disk: String,
+    pub owner: Option<String>,
+    pub enabled: bool,
+    pub attached: Option<String>,
+}
+
+/// Runs a hypercall's command off the channel: the reply goes out on the
+/// connection's queue when the command is done (responses carry their
+/// request id, so other requests are answered meanwhile).
+pub fn spawn_hcall(
+    ctl: Arc<SlotControl>,
+    caller: String,
+    command: Command,
+    opcode: u16,
+    version: u8,
+    request_id: u32,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) {
+    tokio::spawn(async move {
+        let who = Caller::Partition(caller);
+        let outcome = tokio::task::spawn_blocking(move || ctl.execute(&who, &command)).await;
+        let code = match outcome {
+            Ok(o) => ReturnCode::try_from(o.code).unwrap_or(ReturnCode::Hardware),
+            Err(e) => {
+                warn!("partition command task failed: {e}");
+                ReturnCode::Hardware
+            }
+        };
+        let response = if code == ReturnCode::Success { success(opcode) } else { Response::failed(opcode, code) };
+        let mut out = vec![0u8; MAX_FRAME];
+        let Ok(n) = response.encode(version, request_id, &mut out).or_else(|_| Response::failed(opcode, ReturnCode::Hardware).encode(version, request_id, &mut out)) else {
+            return;
+        };
+        out.truncate(n);
+        let _ = tx.send(out).await;
+    });
+}
+
+fn success(opcode: u16) -> Response<'static> {
+    use hypercall_abi::Opcode;
+    match Opcode::from_u16(opcode) {
+        Some(Opcode::Deact) => Response::Deact,
+        Some(Opcode::Act) => Response::Act,
+        Some(Opcode::AddPci) => Response::AddPci,
+        Some(Opcode::RemPci) => Response::RemPci,
+        Some(Opcode::SetCpuShare) => Response::SetCpuShare,
+        _ => Response::failed(opcode, ReturnCode::Hardware),
+    }
+}
