@@ -13,7 +13,10 @@ commands:
   build              build the guest kernel (release) and lparhv
   boot [options]     build and boot one guest with a virtio disk and NIC;
                      Ctrl-C or --timeout SECONDS stops it
-  demo [lan] [opts]  run the main demo (two partitions on a virtual LAN)
+  demo [failover]    the main demo: an active/standby cluster fails over when
+                     the active partition dies (heartbeats, deact, rem_pci,
+                     add_pci, act), with every step timed
+  demo lan [opts]    partitions exchanging checked UDP/TCP traffic on a LAN
   test               run every test (unit, property and QEMU integration)
   demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
   bench NAME         benchmark, figures printed (see docs/benchmarks.md):
@@ -25,7 +28,7 @@ options understood everywhere:
                          else TCG; the choice and the reason are printed)
 boot options: --timeout S, --memory MIB, --machine q35|pc, --disk FILE,
               --ip A.B.C.D/N, --append "WORDS"
-demo lan options: --guests N, --count N
+demo lan options: --guests N, --count N; demo vios: --guests N, --down S
 USAGE
 }
 
@@ -68,7 +71,7 @@ case "$cmd" in
         exec "$LPARHV" boot "$@" ;;
     demo)
         setup; build
-        if [ $# -eq 0 ] || [[ "$1" == --* ]]; then set -- lan "$@"; fi
+        if [ $# -eq 0 ] || [[ "$1" == --* ]]; then set -- failover "$@"; fi
         exec "$LPARHV" demo "$@" ;;
     test)
         [ $# -eq 0 ] || { echo "run.sh test takes no options" >&2; usage >&2; exit 2; }

@@ -21,7 +21,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use cluster_agent::{Action, Agent, Config, Notice, Role};
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
-use hypercall_client::hypercall_abi::Name;
+use hypercall_client::hypercall_abi::{Name, ReturnCode};
 use hypercall_client::Call;
 use lparos_kernel::executor::{Reactor, TaskId};
 use smoltcp::socket::udp;
@@ -182,12 +182,18 @@ async fn perform(
     let started = reactor.now_ns();
     let result = crate::hcall::call(call).await;
     let ms = (reactor.now_ns() - started) / 1_000_000;
-    let mut line = ev("cluster_action").field("action", &what).field("ok", result.is_ok() as u8).field("ms", ms);
+    // Fencing a peer that is already down has done its job: a teardown of
+    // something already torn down succeeds.
+    let ok = match &result {
+        Ok(_) => true,
+        Err(e) => action == Action::DeactPeer && e.is(ReturnCode::NotActive),
+    };
+    let mut line = ev("cluster_action").field("action", &what).field("ok", ok as u8).field("ms", ms);
     if let Err(e) = &result {
         line = line.field("rc", e.rc());
     }
     console::event(line);
-    result.is_ok()
+    ok
 }
 
 /// The failover service on the shared disk (see the module header).

@@ -60,3 +60,23 @@ fn standby_detects_a_dead_active_and_only_then() {
     let (step, _) = standby.wait_event("cluster_action", Duration::from_secs(15)).unwrap();
     assert_eq!(step.get("action"), Some("DeactPeer"));
 }
+
+/// The main demo, run through the real `lparhv` binary: the active
+/// partition is killed, the standby fences it, moves the slot, resumes the
+/// service and restarts the failed partition as the new standby; every
+/// record the failed partition acknowledged is on the shared disk.
+#[test]
+fn failover_demo_moves_the_service_and_loses_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lparhv"))
+        .args(["demo", "failover"])
+        .env("LPAROS_KERNEL", qemu::default_kernel())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for step in ["DeactPeer", "RemPciFromPeer", "AddPciToSelf", "ActPeer", "lpar2 is ACTIVE", "lpar1 is back as standby", " 0 missing"] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    eprintln!("{stdout}");
+}

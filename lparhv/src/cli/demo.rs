@@ -21,6 +21,9 @@ pub struct DemoArgs {
 
 #[derive(Subcommand)]
 enum Which {
+    /// The main demo: an active/standby cluster fails over when the active
+    /// partition dies (heartbeats, deact, rem_pci, add_pci, act).
+    Failover,
     /// Partitions exchanging UDP and TCP traffic on a virtual LAN.
     Lan {
         /// Number of partitions (at least 2).
@@ -43,7 +46,8 @@ enum Which {
 }
 
 pub fn run(ctx: &Ctx, args: DemoArgs) -> Result<()> {
-    match args.which.unwrap_or(Which::Lan { guests: 2, count: 50 }) {
+    match args.which.unwrap_or(Which::Failover) {
+        Which::Failover => super::failover::run(ctx),
         Which::Lan { guests, count } => lan(ctx, guests, count),
         Which::Vios { guests, down } => super::storage::demo(ctx, guests, down),
     }

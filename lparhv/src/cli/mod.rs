@@ -4,6 +4,7 @@ mod storage;
 mod bench;
 mod boot;
 mod demo;
+mod failover;
 mod system;
 mod rootvg;
 mod slots;

@@ -10,6 +10,7 @@ use crate::config::SystemConfig;
 use crate::owner::{CookieSource, PartitionId};
 use super::partitions::{RestartHandle, Supervisor};
 use crate::qemu::{Accel, GuestSpec};
+use crate::vswitch::VSwitch;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,35 @@ pub fn qmp_socket_path(state_dir: &Path, partition: &str) -> PathBuf {
     state_dir.join("qmp").join(format!("{partition}.sock"))
 }
 
+/// The socket QEMU binds for NIC `index` of `partition` (a switch port).
+pub fn nic_socket_path(state_dir: &Path, partition: &str, index: usize) -> PathBuf {
+    state_dir.join("lan").join(format!("{partition}-{index}.sock"))
+}
+
+/// The socket of the virtual switch of LAN `lan`.
+pub fn lan_socket_path(state_dir: &Path, lan: &str) -> PathBuf {
+    state_dir.join("lan").join(format!("{lan}.sock"))
+}
+
+/// One virtual switch per LAN named in the config, with a port for every
+/// NIC on it.
+fn start_lans(config: &SystemConfig) -> Result<Vec<VSwitch>> {
+    let mut lans: std::collections::BTreeMap<&str, Vec<PathBuf>> = std::collections::BTreeMap::new();
+    for p in &config.partitions {
+        for (i, n) in p.nics.iter().enumerate() {
+            lans.entry(n.lan.as_str()).or_default().push(nic_socket_path(&config.state_dir, &p.name, i));
+        }
+    }
+    std::fs::create_dir_all(config.state_dir.join("lan"))?;
+    lans.into_iter()
+        .map(|(lan, ports)| {
+            let sw = VSwitch::start(&lan_socket_path(&config.state_dir, lan), ports)?;
+            info!(lan, "virtual switch serving");
+            Ok(sw)
+        })
+        .collect()
+}
+
 /// The full QEMU spec of a configured partition.
 pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<GuestSpec> {
     let p = config.partition(name)?;
@@ -58,11 +88,10 @@ pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<Gue
         spec.disks.push(crate::qemu::Disk { path: d.path.clone(), format });
     }
     for (i, n) in p.nics.iter().enumerate() {
-        let lan_dir = config.state_dir.join("lan");
         spec.nics.push(crate::qemu::Nic {
             mac: n.mac.clone(),
-            local: lan_dir.join(format!("{}-{i}.sock", p.name)),
-            remote: lan_dir.join(format!("{}.sock", n.lan)),
+            local: nic_socket_path(&config.state_dir, &p.name, i),
+            remote: lan_socket_path(&config.state_dir, &n.lan),
         });
     }
     // GuestSpec says -smp 1; a later -smp wins in QEMU.
@@ -83,6 +112,9 @@ pub struct Daemon {
     supervisor: Option<Supervisor>,
     restart: RestartSlot,
     control_path: PathBuf,
+    /// The virtual LANs (their switches stop when the daemon is dropped;
+    /// partitions that outlive lparhv lose the LAN until it is back).
+    _lans: Vec<VSwitch>,
 }
 
 impl Daemon {
@@ -100,8 +132,9 @@ impl Daemon {
         let shutdown = Arc::new(Notify::new());
         let control_path = control_socket_path(&config.state_dir);
         let control = ControlServer::start(&system, &control_path, shutdown.clone())?;
+        let lans = start_lans(config)?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path })
+        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, _lans: lans })
     }
 
     pub fn system(&self) -> &Shared {

@@ -335,7 +335,8 @@ impl SlotControl {
         self.with_system(|s| s.partition_id(partition).map(|id| (id, s.runtime_of(id)))).flatten()
     }
 
-    fn running_pid(&self, partition: &str) -> Option<u32> {
+    /// The pid of `partition`'s QEMU, if it runs.
+    pub fn running_pid(&self, partition: &str) -> Option<u32> {
         match self.runtime(partition) {
             Some((_, Runtime::Running { pid })) => Some(pid),
             _ => None,
