@@ -2,14 +2,11 @@
 //! ready, and a CPU exception produces a register dump and a non-zero exit.
 //! Each guest is bounded in time and killed when its `Guest` is dropped.
 
+mod harness;
+use harness::kernel;
+
 use lparhv::qemu::{self, Accel, AccelChoice, Guest, GuestExit, GuestSpec};
 use std::time::Duration;
-
-fn kernel() -> std::path::PathBuf {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build (./run.sh test does)", k.display());
-    k
-}
 
 fn boot_to_ready(accel: Accel) {
     let mut spec = GuestSpec::new(&format!("ready-{accel}"), &kernel(), accel);

@@ -3,30 +3,16 @@
 //! detection when the active dies. (The full failover, with the slot
 //! moving between partitions, is tested with lparhv's commands.)
 
-use lparhv::qemu::{self, AccelChoice, Guest, GuestSpec, Nic};
+mod harness;
+use harness::{spec, Scratch};
+
+use lparhv::qemu::{self, Guest, Nic};
 use lparhv::vswitch::VSwitch;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn spec(name: &str) -> GuestSpec {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    let d = qemu::choose_accel(AccelChoice::Auto, &k).unwrap();
-    GuestSpec::new(name, &k, d.accel)
-}
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn standby_detects_a_dead_active_and_only_then() {
-    let dir = Scratch(std::env::temp_dir().join(format!("lparos-test-cluster-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = Scratch::new("cluster");
     let ports = [dir.0.join("a.sock"), dir.0.join("b.sock")];
     let switch = VSwitch::start(&dir.0.join("switch.sock"), ports.to_vec()).unwrap();
     let guest = |name: &str, n: usize, role: &str, peer: usize| {

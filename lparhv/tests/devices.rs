@@ -3,40 +3,16 @@
 //! virtual LAN exchange UDP and TCP traffic, and the virtio console carries
 //! a line each way.
 
+mod harness;
+use harness::{spec, Scratch};
+
 use lparhv::pattern;
-use lparhv::qemu::{self, AccelChoice, Disk, Guest, GuestExit, GuestSpec, Nic};
+use lparhv::qemu::{Disk, Guest, GuestExit, Nic};
 use lparhv::vswitch::VSwitch;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::time::Duration;
 
-fn kernel() -> PathBuf {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    k
-}
-
-fn spec(name: &str) -> GuestSpec {
-    let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
-    GuestSpec::new(name, &kernel(), d.accel)
-}
-
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lparos-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const SECTORS: u64 = 1024;
 

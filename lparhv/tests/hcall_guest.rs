@@ -5,6 +5,9 @@
 //! in-memory region, and pushes events on request. It is a test double,
 //! not lparhv's server.
 
+mod harness;
+use harness::{kernel, Scratch};
+
 use hypercall_abi::{
     answer_hello, Cookie, Decoder, Event, Message, Name, Request, Response, ReturnCode, MAX_FRAME, SYNC_PREAMBLE_LEN,
 };
@@ -13,34 +16,14 @@ use lparhv::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-fn kernel() -> PathBuf {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    k
-}
 
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lparos-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const REGION_LEN: usize = 128 * 1024;
 const REGION_LADDR: u64 = 0x4000_0000;

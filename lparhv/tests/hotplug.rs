@@ -4,6 +4,9 @@
 //! bus). Every test is bounded in time; every QEMU is killed when its
 //! `Guest` drops.
 
+mod harness;
+use harness::{kernel, Scratch};
+
 use lparhv::pattern;
 use lparhv::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec, Machine};
 use lparhv::qmp::Qmp;
@@ -14,27 +17,7 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(30);
 const DISK_BYTES: u64 = 8 << 20;
 
-fn kernel() -> PathBuf {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    k
-}
 
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lparos-hp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One guest with a QMP monitor, `ports` root ports (q35) and `disks`
 /// block nodes `d0..` (raw images, not attached to any device yet).

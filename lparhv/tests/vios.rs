@@ -6,33 +6,15 @@
 //! acknowledged). Every acknowledged write is read back from the image.
 //! Timings are printed with eprintln (`--nocapture` to see them).
 
+mod harness;
+use harness::{kernel, Scratch};
+
 use lparhv::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
 use lparhv::vios::{self, Lun, NbdDisk, Stopped, Vios};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn kernel() -> PathBuf {
-    let k = qemu::default_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    k
-}
 
-/// A scratch directory removed at the end of the test (short path: unix
-/// socket paths are limited to 108 bytes).
-struct Scratch(PathBuf);
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("lpv-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A rootvg image made from the sample spec `images/rootvg.toml`.
 fn rootvg_image(dir: &Path) -> PathBuf {

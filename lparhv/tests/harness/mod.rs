@@ -1,0 +1,40 @@
+//! Shared helpers of the QEMU integration tests: the kernel image, the
+//! accelerator every test uses, and scratch directories that clean up.
+#![allow(dead_code)] // each test file uses a different subset
+
+use lparhv::qemu::{self, AccelChoice, GuestSpec};
+use std::path::PathBuf;
+
+/// The kernel image `./run.sh build` made (or `LPAROS_KERNEL`).
+pub fn kernel() -> PathBuf {
+    let k = qemu::default_kernel();
+    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
+    k
+}
+
+/// A guest spec on the accelerator the probe chose (KVM if it can run
+/// lparos, else TCG; `LPAROS_ACCEL` forces one).
+pub fn spec(name: &str) -> GuestSpec {
+    let k = kernel();
+    let d = qemu::choose_accel(AccelChoice::Auto, &k).unwrap();
+    GuestSpec::new(name, &k, d.accel)
+}
+
+/// A scratch directory removed at the end of the test. Its path is short:
+/// unix socket paths inside it are limited to 108 bytes.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lpt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
