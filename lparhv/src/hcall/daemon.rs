@@ -169,6 +169,8 @@ pub struct Daemon {
     supervisor: Option<Supervisor>,
     restart: RestartSlot,
     control_path: PathBuf,
+    /// The configured storage servers (stopped after the partitions).
+    storage: Option<Arc<crate::storage::served::StorageServers>>,
     /// The virtual LANs (their switches stop when the daemon is dropped;
     /// partitions that outlive lparhv lose the LAN until it is back).
     _lans: Vec<VSwitch>,
@@ -181,6 +183,11 @@ impl Daemon {
         let system = System::open(config, cookies)?;
         let system: Shared = Arc::new(Mutex::new(system));
         crate::slots::SlotControl::install(&system).context("opening the slot table")?;
+        // Storage servers first: the partitions' NBD clients connect at
+        // QEMU start.
+        let storage = crate::storage::served::StorageServers::start(config, &system).context("starting the storage servers")?;
+        let storage = (!storage.is_empty()).then(|| Arc::new(storage));
+        lock(&system).set_storage_servers(storage.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&system).set_recovery_sender(tx);
         let restart: RestartSlot = Arc::new(Mutex::new(None));
@@ -191,7 +198,7 @@ impl Daemon {
         let control = ControlServer::start(&system, &control_path, shutdown.clone())?;
         let lans = start_lans(config)?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, _lans: lans })
+        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, storage, _lans: lans })
     }
 
     pub fn system(&self) -> &Shared {
@@ -233,9 +240,16 @@ impl Daemon {
     /// Kills every QEMU, stops serving, removes the sockets and closes the
     /// database. Returns when nothing of the daemon is left running.
     pub async fn stop(self) {
+        if let Some(st) = &self.storage {
+            st.stop_watchers();
+        }
         if let Some(s) = self.supervisor {
             s.stop();
         }
+        if let Some(st) = &self.storage {
+            st.stop();
+        }
+        lock(&self.system).set_storage_servers(None);
         if let Some(slots) = lock(&self.system).slot_control() {
             slots.cpu().cleanup();
         }
