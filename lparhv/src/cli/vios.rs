@@ -156,7 +156,13 @@ fn print_report(r: &Value) {
         println!("  no session     {}", list("no_session"));
         println!("  quiesce {:.1} ms, restart outage {:.1} ms (stop {:.1}, start {:.1}), PAUSE→RESUME {:.1} ms", f("quiesce_ms"), f("outage_ms"), f("stop_ms"), f("start_ms"), f("pause_to_resume_ms"));
     } else {
-        println!("vios {name}: crash ({}): every stop issued after {:.1} ms, serving again after {:.1} ms", r.get("cause").and_then(Value::as_str).unwrap_or("?"), f("freeze_all_ms"), f("outage_ms"));
+        println!(
+            "vios {name}: crash ({}): QMP connected after {:.1} ms, every stop issued {:.1} ms later, serving again after {:.1} ms",
+            r.get("cause").and_then(Value::as_str).unwrap_or("?"),
+            f("qmp_connect_ms"),
+            f("freeze_all_ms"),
+            f("outage_ms")
+        );
         for p in r.get("frozen").and_then(Value::as_array).into_iter().flatten() {
             let e = p.get("error").and_then(Value::as_str).map(|e| format!(", error: {e}")).unwrap_or_default();
             println!(

@@ -63,6 +63,9 @@ pub struct FreezeReport {
     pub frozen: Vec<Frozen>,
     /// The VIOS could not be brought back (the partitions stay frozen).
     pub error: Option<String>,
+    /// Death noticed → QMP connections made (on-demand source only; the
+    /// freeze starts after it, so it adds to how long I/O is held).
+    pub qmp_connect: Duration,
 }
 
 /// QMP connections of the partitions lparhv may freeze.
@@ -141,7 +144,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
                 error,
             })
             .collect();
-        return Ok(FreezeReport { server, cause, freeze_all, outage, frozen, error: Some(format!("{e:#}")) });
+        return Ok(FreezeReport { server, cause, freeze_all, outage, frozen, error: Some(format!("{e:#}")), qmp_connect: Duration::ZERO });
     }
     let mut report = Vec::new();
     for (id, partition, t, frozen_at_ns, mut error, stop_reply) in frozen {
@@ -162,7 +165,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
     }
     drop(q);
     lock(system).note("thaw", None, format!("server {server}: outage {outage:?}, thawed {:?}", report.iter().map(|f| (&f.partition, f.duration)).collect::<Vec<_>>()));
-    Ok(FreezeReport { server, cause, freeze_all, outage, frozen: report, error: None })
+    Ok(FreezeReport { server, cause, freeze_all, outage, frozen: report, error: None, qmp_connect: Duration::ZERO })
 }
 
 /// `cont`, repeated while QEMU stops again on an I/O error (a held request
@@ -262,12 +265,17 @@ impl Watcher {
                         let mut v = vios.lock().unwrap_or_else(|p| p.into_inner());
                         if !v.is_running() {
                             tracing::warn!(vios = v.name(), "storage daemon died: freezing registered partitions");
+                            let t = Instant::now();
                             let qmps = match &source {
                                 QmpSource::Held(d) => d.clone(),
                                 QmpSource::OnDemand { state_dir } => connect_registered(&system, v.name(), EventMask::FAILURE, state_dir),
                             };
+                            let qmp_connect = t.elapsed();
                             match freeze_restart_thaw(&system, &mut v, &qmps, EventMask::FAILURE, down) {
-                                Ok(r) => out.lock().unwrap_or_else(|p| p.into_inner()).push(r),
+                                Ok(mut r) => {
+                                    r.qmp_connect = qmp_connect;
+                                    out.lock().unwrap_or_else(|p| p.into_inner()).push(r)
+                                }
                                 Err(e) => tracing::error!("freeze/thaw: {e:#}"),
                             }
                         }

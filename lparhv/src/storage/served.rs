@@ -79,6 +79,7 @@ pub fn freeze_json(r: &FreezeReport) -> serde_json::Value {
         "vios": r.server,
         "kind": "crash",
         "cause": format!("{:?}", r.cause),
+        "qmp_connect_ms": ms(r.qmp_connect),
         "freeze_all_ms": ms(r.freeze_all),
         "outage_ms": ms(r.outage),
         "frozen": r.frozen.iter().map(|f| serde_json::json!({
