@@ -154,6 +154,66 @@ pub struct PartitionConfig {
     /// and a failure of the partition is an owner failure for their clients.
     pub memory: Vec<MemoryRegionConfig>,
     pub machine: MachineType,
+    /// LUNs of configured storage servers attached over NBD as virtio-blk
+    /// (after `disks`; the first one holds the partition's rootvg).
+    pub luns: Vec<LunRef>,
+    /// What QEMU does when a request to a LUN fails (docs/vios.md).
+    pub lun_errors: LunErrors,
+}
+
+/// A partition's LUN: `<vios>:<lun>` in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LunRef {
+    pub vios: String,
+    pub lun: String,
+}
+
+/// QEMU's `werror`/`rerror` for a partition's LUNs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LunErrors {
+    /// QEMU keeps a failed request and stops the VM; lparhv's freeze path
+    /// continues it (for partitions that register for VIOS events).
+    Stop,
+    /// The guest gets the error (the unregistered contrast).
+    Report,
+}
+
+/// Bounds of the `[[vios]]` keys.
+pub const MAX_RECONNECT_DELAY_S: u32 = 60;
+pub const DEFAULT_RECONNECT_DELAY_S: u32 = 5;
+pub const MIN_VIOS_LIMIT_MS: u64 = 100;
+pub const MAX_VIOS_LIMIT_MS: u64 = 600_000;
+pub const DEFAULT_PAUSE_COMPLETE_MS: u64 = 2_000;
+pub const DEFAULT_VIOS_DOWN_MS: u64 = 1_000;
+
+/// One LUN a storage server exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LunConfig {
+    /// The NBD export name.
+    pub name: String,
+    /// The raw image (absolute, or relative to the config's directory).
+    pub image: PathBuf,
+}
+
+/// A storage server ("VIOS") lparhv starts and supervises
+/// (`qemu-storage-daemon`, docs/vios.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ViosConfig {
+    pub name: String,
+    pub luns: Vec<LunConfig>,
+    /// Seconds QEMU's NBD client of each partition holds requests while it
+    /// reconnects.
+    pub reconnect_delay_s: u32,
+    /// Planned restart: how long lparhv waits for PAUSE COMPLETE.
+    pub pause_complete_ms: u64,
+    /// Passed to the partitions with a LUN from it as `vios_connect_ms=`
+    /// / `vios_resume_ms=` (the initiators' limits); None: their default.
+    pub connect_ms: Option<u64>,
+    pub resume_ms: Option<u64>,
+    /// After a crash, how long the server stays down before lparhv starts
+    /// it again (its "reboot").
+    pub down_ms: u64,
 }
 
 /// One memory region the owner can grant.
@@ -200,6 +260,8 @@ pub struct SystemConfig {
     /// rem_pci: how long lparhv waits for the guest's eject before it
     /// deacts that guest (docs/slots.md).
     pub eject_timeout_ms: u64,
+    /// Storage servers, started before the partitions.
+    pub vios: Vec<ViosConfig>,
 }
 
 impl SystemConfig {
@@ -227,6 +289,11 @@ impl SystemConfig {
     /// The partition with this name.
     pub fn partition(&self, name: &str) -> Option<&PartitionConfig> {
         self.partitions.iter().find(|p| p.name == name)
+    }
+
+    /// The storage server with this name.
+    pub fn vios(&self, name: &str) -> Option<&ViosConfig> {
+        self.vios.iter().find(|v| v.name == name)
     }
 
     /// Whether `partition` may issue `command` against `target`.
@@ -264,6 +331,16 @@ impl SystemConfig {
                 }
             }
         }
+        for v in &self.vios {
+            for l in &v.luns {
+                if !l.image.is_file() {
+                    return Err(err(
+                        format!("vios {:?}: LUN {:?} image {} does not exist", v.name, l.name, l.image.display()),
+                        "create it first (a rootvg: `lparhv rootvg create <spec.toml> <image>`) or fix `image`",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -283,6 +360,32 @@ struct RawConfig {
     slots: Option<RawSlots>,
     #[serde(default)]
     slot: Vec<Spanned<RawSlot>>,
+    #[serde(default)]
+    vios: Vec<Spanned<RawVios>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVios {
+    name: Spanned<String>,
+    luns: Vec<Spanned<RawLun>>,
+    #[serde(default)]
+    reconnect_delay_s: Option<Spanned<u32>>,
+    #[serde(default)]
+    pause_complete_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    connect_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    resume_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    down_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLun {
+    name: Spanned<String>,
+    image: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +452,10 @@ struct RawPartition {
     #[serde(default)]
     memory: Vec<Spanned<RawRegion>>,
     machine: Option<MachineType>,
+    #[serde(default)]
+    luns: Vec<Spanned<String>>,
+    #[serde(default)]
+    lun_errors: Option<LunErrors>,
 }
 
 #[derive(Deserialize)]
@@ -530,6 +637,9 @@ impl Ctx<'_> {
         };
         names.insert(owner.name.clone(), 0..0);
 
+        let vios = self.vios(&raw.vios)?;
+        // (vios, lun) → the partition that attached it.
+        let mut lun_users: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut partitions = Vec::new();
         let mut macs: BTreeSet<String> = BTreeSet::new();
         for p in &raw.partition {
@@ -633,7 +743,37 @@ impl Ctx<'_> {
                 let size = self.size(&r.size)?;
                 memory.push(MemoryRegionConfig { name: rname, size });
             }
+            let mut luns = Vec::new();
+            for l in &p.luns {
+                let r = self.lun_ref(l, &vios)?;
+                let key = (r.vios.clone(), r.lun.clone());
+                if let Some(other) = lun_users.get(&key) {
+                    return Err(self.error(
+                        Some(l.span()),
+                        format!("LUN {:?} is already attached to partition {other:?}", l.get_ref()),
+                        "a LUN holds one partition's rootvg: give every partition its own LUN (two writers would corrupt it)",
+                    ));
+                }
+                lun_users.insert(key, pname.clone());
+                luns.push(r);
+            }
+            if !luns.is_empty() && !disks.is_empty() {
+                return Err(self.error(
+                    p.luns.first().map(|l| l.span()),
+                    format!("partition {pname:?} has both `disks` and `luns`"),
+                    "the guest looks for its rootvg on its first virtio-blk disk, which would be a `disks` entry: use LUNs only",
+                ));
+            }
+            let lun_errors = match p.lun_errors {
+                Some(e) => e,
+                // Unregistered guests (the contrast) must see the error:
+                // with `stop` nobody would continue them.
+                None if cmdline.split_whitespace().any(|w| w == "vios_register=0") => LunErrors::Report,
+                None => LunErrors::Stop,
+            };
             partitions.push(PartitionConfig {
+                luns,
+                lun_errors,
                 name: pname,
                 memory,
                 memory_mib,
@@ -743,7 +883,120 @@ impl Ctx<'_> {
             commands,
             slots,
             eject_timeout_ms,
+            vios,
         })
+    }
+
+    /// A millisecond limit of a `[[vios]]` table.
+    fn vios_ms(&self, v: &Option<Spanned<u64>>, key: &str, vname: &str) -> Result<Option<u64>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(t) if (MIN_VIOS_LIMIT_MS..=MAX_VIOS_LIMIT_MS).contains(t.get_ref()) => Ok(Some(*t.get_ref())),
+            Some(t) => Err(self.error(
+                Some(t.span()),
+                format!("vios {vname:?}: {key} = {} is out of range", t.get_ref()),
+                format!("use {MIN_VIOS_LIMIT_MS}..={MAX_VIOS_LIMIT_MS} milliseconds"),
+            )),
+        }
+    }
+
+    fn vios(&self, raw: &[Spanned<RawVios>]) -> Result<Vec<ViosConfig>, ConfigError> {
+        let mut out: Vec<ViosConfig> = Vec::new();
+        let mut images: BTreeSet<PathBuf> = BTreeSet::new();
+        for v in raw {
+            let r = v.get_ref();
+            let name = self.name(&r.name, "vios name")?;
+            if out.iter().any(|o| o.name == name) {
+                return Err(self.error(Some(r.name.span()), format!("vios {name:?} is defined twice"), "give every [[vios]] its own name"));
+            }
+            if r.luns.is_empty() {
+                return Err(self.error(
+                    Some(v.span()),
+                    format!("vios {name:?} exports no LUN"),
+                    "add luns = [ { name = \"lun0\", image = \"lun0.img\" } ], or remove the [[vios]] table",
+                ));
+            }
+            let mut luns: Vec<LunConfig> = Vec::new();
+            for l in &r.luns {
+                let lr = l.get_ref();
+                let lname = lr.name.get_ref();
+                if lname.is_empty() || lname.len() > 64 || !lname.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    return Err(self.error(
+                        Some(lr.name.span()),
+                        format!("vios {name:?}: LUN name {lname:?} is not a valid export name"),
+                        "use 1 to 64 characters from A-Z a-z 0-9 - _ .",
+                    ));
+                }
+                if luns.iter().any(|o| &o.name == lname) {
+                    return Err(self.error(Some(lr.name.span()), format!("vios {name:?}: LUN {lname:?} is defined twice"), "give every LUN of a vios its own name"));
+                }
+                let img = lr.image.get_ref();
+                if img.trim().is_empty() || img.contains(',') || img.chars().any(char::is_control) {
+                    return Err(self.error(
+                        Some(lr.image.span()),
+                        format!("vios {name:?}: LUN {lname:?} image path {img:?} is empty or contains a comma or control character"),
+                        "name a raw image file whose path has no comma (QEMU's option syntax)",
+                    ));
+                }
+                let image = self.resolve(img);
+                if !images.insert(image.clone()) {
+                    return Err(self.error(
+                        Some(lr.image.span()),
+                        format!("image {} is exported twice", image.display()),
+                        "every LUN needs its own image (two exports of one file would let two writers corrupt it)",
+                    ));
+                }
+                luns.push(LunConfig { name: lname.clone(), image });
+            }
+            let reconnect_delay_s = match &r.reconnect_delay_s {
+                None => DEFAULT_RECONNECT_DELAY_S,
+                Some(d) if (1..=MAX_RECONNECT_DELAY_S).contains(d.get_ref()) => *d.get_ref(),
+                Some(d) => {
+                    return Err(self.error(
+                        Some(d.span()),
+                        format!("vios {name:?}: reconnect_delay_s = {} is out of range", d.get_ref()),
+                        format!("use 1..={MAX_RECONNECT_DELAY_S} seconds (0 would fail every request in flight when the server restarts)"),
+                    ))
+                }
+            };
+            let pause_complete_ms = self.vios_ms(&r.pause_complete_ms, "pause_complete_ms", &name)?.unwrap_or(DEFAULT_PAUSE_COMPLETE_MS);
+            let connect_ms = self.vios_ms(&r.connect_ms, "connect_ms", &name)?;
+            let resume_ms = self.vios_ms(&r.resume_ms, "resume_ms", &name)?;
+            let down_ms = match &r.down_ms {
+                None => DEFAULT_VIOS_DOWN_MS,
+                Some(d) if *d.get_ref() <= MAX_VIOS_LIMIT_MS => *d.get_ref(),
+                Some(d) => {
+                    return Err(self.error(
+                        Some(d.span()),
+                        format!("vios {name:?}: down_ms = {} is out of range", d.get_ref()),
+                        format!("use 0..={MAX_VIOS_LIMIT_MS} milliseconds"),
+                    ))
+                }
+            };
+            out.push(ViosConfig { name, luns, reconnect_delay_s, pause_complete_ms, connect_ms, resume_ms, down_ms });
+        }
+        Ok(out)
+    }
+
+    /// `"<vios>:<lun>"` of a partition's `luns`.
+    fn lun_ref(&self, s: &Spanned<String>, vios: &[ViosConfig]) -> Result<LunRef, ConfigError> {
+        let text = s.get_ref();
+        let Some((v, l)) = text.split_once(':') else {
+            return Err(self.error(Some(s.span()), format!("LUN {text:?} does not say its vios"), "write \"<vios>:<lun>\", e.g. \"vios1:lun0\""));
+        };
+        let Some(vc) = vios.iter().find(|x| x.name == v) else {
+            let list: Vec<&str> = vios.iter().map(|x| x.name.as_str()).collect();
+            return Err(self.error(
+                Some(s.span()),
+                format!("LUN {text:?}: no [[vios]] named {v:?}"),
+                if list.is_empty() { "define it in a [[vios]] table".to_string() } else { format!("use one of: {}", list.join(", ")) },
+            ));
+        };
+        if !vc.luns.iter().any(|x| x.name == l) {
+            let list: Vec<&str> = vc.luns.iter().map(|x| x.name.as_str()).collect();
+            return Err(self.error(Some(s.span()), format!("LUN {text:?}: vios {v:?} exports no LUN {l:?}"), format!("use one of: {}", list.join(", "))));
+        }
+        Ok(LunRef { vios: v.to_string(), lun: l.to_string() })
     }
 
     fn slots(
@@ -1039,6 +1292,98 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
             assert!(e.line.is_some(), "{from:?} -> {to:?}: no line in {e}");
             assert!(!e.fix.is_empty(), "{from:?} -> {to:?}: no fix in {e}");
         }
+    }
+
+    const VIOS: &str = r#"
+[system]
+name = "st"
+state_dir = "/st"
+
+[[vios]]
+name = "vios1"
+reconnect_delay_s = 4
+pause_complete_ms = 1500
+connect_ms = 3000
+luns = [ { name = "lun0", image = "l0.img" }, { name = "lun1", image = "/abs/l1.img" } ]
+
+[[partition]]
+name = "p1"
+memory_mib = 64
+image = "/k"
+luns = ["vios1:lun0"]
+
+[[partition]]
+name = "p2"
+memory_mib = 64
+image = "/k"
+cmdline = "vios_register=0"
+luns = ["vios1:lun1"]
+"#;
+
+    #[test]
+    fn vios_section_parses_with_defaults() {
+        let c = parse(VIOS).unwrap();
+        let v = c.vios("vios1").unwrap();
+        assert_eq!(v.luns[0], LunConfig { name: "lun0".into(), image: "/etc/lparhv/l0.img".into() });
+        assert_eq!(v.luns[1].image, PathBuf::from("/abs/l1.img"));
+        assert_eq!((v.reconnect_delay_s, v.pause_complete_ms, v.connect_ms, v.resume_ms, v.down_ms), (4, 1500, Some(3000), None, DEFAULT_VIOS_DOWN_MS));
+        let p1 = c.partition("p1").unwrap();
+        assert_eq!(p1.luns, vec![LunRef { vios: "vios1".into(), lun: "lun0".into() }]);
+        assert_eq!(p1.lun_errors, LunErrors::Stop, "registered guests get werror=stop");
+        assert_eq!(c.partition("p2").unwrap().lun_errors, LunErrors::Report, "vios_register=0 → report");
+        let forced = parse(&VIOS.replacen("cmdline = \"vios_register=0\"", "lun_errors = \"stop\"", 1)).unwrap();
+        assert_eq!(forced.partition("p2").unwrap().lun_errors, LunErrors::Stop);
+        let minimal = parse("[system]\nname = \"s\"\nstate_dir = \"/s\"\n[[vios]]\nname = \"v\"\nluns = [ { name = \"a\", image = \"/a\" } ]\n").unwrap();
+        let v = &minimal.vios[0];
+        assert_eq!((v.reconnect_delay_s, v.pause_complete_ms), (DEFAULT_RECONNECT_DELAY_S, DEFAULT_PAUSE_COMPLETE_MS));
+        assert!(parse(GOOD).unwrap().vios.is_empty());
+    }
+
+    #[test]
+    fn bad_vios_values_are_rejected_with_line_and_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("luns = [\"vios1:lun0\"]", "luns = [\"lun0\"]", "does not say its vios"),
+            ("luns = [\"vios1:lun0\"]", "luns = [\"vios9:lun0\"]", "no [[vios]] named"),
+            ("luns = [\"vios1:lun0\"]", "luns = [\"vios1:lun7\"]", "exports no LUN"),
+            ("luns = [\"vios1:lun1\"]", "luns = [\"vios1:lun0\"]", "already attached"),
+            ("name = \"lun1\"", "name = \"lun0\"", "defined twice"),
+            ("name = \"lun1\"", "name = \"lun 1\"", "export name"),
+            ("image = \"/abs/l1.img\"", "image = \"/etc/lparhv/l0.img\"", "exported twice"),
+            ("image = \"/abs/l1.img\"", "image = \"/a,b.img\"", "comma"),
+            ("reconnect_delay_s = 4", "reconnect_delay_s = 0", "reconnect_delay_s"),
+            ("pause_complete_ms = 1500", "pause_complete_ms = 5", "out of range"),
+            ("connect_ms = 3000", "connect_ms = 9999999", "out of range"),
+            ("name = \"vios1\"", "name = \"vios one\"", "not a valid name"),
+            ("luns = [ { name = \"lun0\"", "down_ms = 9999999\nluns = [ { name = \"lun0\"", "down_ms"),
+            ("image = \"/k\"\nluns", "image = \"/k\"\ndisks = [ { path = \"/d\" } ]\nluns", "both"),
+            ("image = \"/k\"\nluns", "image = \"/k\"\nlun_errors = \"maybe\"\nluns", "unknown variant"),
+            ("connect_ms = 3000", "connect_ms = 3000\ncolour = 1", "unknown field"),
+        ];
+        for (from, to, want) in cases {
+            assert!(VIOS.contains(from), "test case {from:?} does not apply");
+            let e = err(&VIOS.replacen(from, to, 1));
+            assert!(e.message.contains(want), "{from:?} -> {to:?}: got {e}");
+            assert!(e.line.is_some(), "{from:?} -> {to:?}: no line in {e}");
+            assert!(!e.fix.is_empty(), "{from:?} -> {to:?}: no fix in {e}");
+        }
+        let e = err(&VIOS.replacen("luns = [ { name = \"lun0\", image = \"l0.img\" }, { name = \"lun1\", image = \"/abs/l1.img\" } ]", "luns = []", 1));
+        assert!(e.message.contains("no LUN"), "{e}");
+        // The line of the bad reference is the one reported.
+        let text = VIOS.replacen("luns = [\"vios1:lun0\"]", "luns = [\"vios9:lun0\"]", 1);
+        assert_eq!(err(&text).line, Some(line_of(&text, "vios9")));
+    }
+
+    #[test]
+    fn missing_lun_image_is_found_by_check_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let text = VIOS.replace("/k", &k.display().to_string()).replace("/abs/l1.img", &k.display().to_string());
+        let c = SystemConfig::parse(&text, &dir.path().join("c.toml")).unwrap();
+        let e = c.check_files().unwrap_err();
+        assert!(e.message.contains("lun0") && e.message.contains("does not exist"), "{e}");
+        std::fs::write(dir.path().join("l0.img"), b"").unwrap();
+        c.check_files().unwrap();
     }
 
     #[test]

@@ -1,17 +1,24 @@
-//! `lparhv vios serve|restart|crash`: run a storage server ("VIOS") in the
-//! foreground and disturb it from another shell.
+//! `lparhv vios restart|crash|list|serve`.
 //!
-//! Interim control path, until lparhv's daemon and control socket exist:
-//! `serve` writes `<dir>/<name>.pid`; `restart <name>` sends it SIGUSR1 (a
-//! planned restart: SIGTERM to qemu-storage-daemon, start again on the same
-//! socket) and `crash <name>` SIGUSR2 (SIGKILL, back after `--down`
-//! seconds). `serve` prints what it did and the timings. TODO(control
-//! socket): route restart/crash through lparhv's control socket instead.
+//! `restart <name>` and `crash <name>` go to the running `lparhv up`
+//! daemon over its control socket (its `[[vios]]` servers, with the
+//! PAUSE/RESUME round or the NPIV freeze around them) and print its report.
+//!
+//! `serve` runs a bare storage server in the foreground, without a daemon
+//! (no partitions, no handshake): it writes `<dir>/<name>.pid`, and
+//! `restart`/`crash` given no system (no `--config`, `--control`,
+//! `LPARHV_CONFIG` or `LPARHV_CONTROL`) signal it instead: SIGUSR1 a
+//! planned restart, SIGUSR2 a SIGKILL with the server back after `--down`
+//! seconds.
 
 use super::interrupted;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
+use super::system::Target;
+use lparhv::hcall::control::{self, ControlRequest, ViosAction};
+use lparhv::storage::served::ServerView;
 use lparhv::vios::{Lun, Vios};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,10 +44,31 @@ enum Which {
         #[arg(long, default_value_t = 5)]
         down: u64,
     },
-    /// Planned restart of a running `serve` (graceful stop, start again).
-    Restart { name: String },
-    /// Unplanned failure of a running `serve` (the daemon is killed).
-    Crash { name: String },
+    /// Planned restart: PAUSE to its initiators, PAUSE COMPLETE, graceful
+    /// restart, CONNECT, RESUME (or, without a system, a `serve`'s restart).
+    Restart(Disturb),
+    /// Unplanned failure: the storage daemon is killed; registered
+    /// partitions are frozen until it serves again (or, without a system,
+    /// a `serve`'s crash).
+    Crash(Disturb),
+    /// The running system's storage servers and their partitions.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Machine-readable output (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Disturb {
+    name: String,
+    #[command(flatten)]
+    target: Target,
+    /// Machine-readable output (JSON): the daemon's report.
+    #[arg(long)]
+    json: bool,
 }
 
 fn default_dir() -> PathBuf {
@@ -64,8 +92,89 @@ fn pid_file(dir: &Path, name: &str) -> PathBuf {
 pub fn run(args: ViosArgs) -> Result<()> {
     match args.which {
         Which::Serve { name, luns, down } => serve(&args.dir, &name, &luns, down),
-        Which::Restart { name } => signal(&args.dir, &name, libc::SIGUSR1, "planned restart"),
-        Which::Crash { name } => signal(&args.dir, &name, libc::SIGUSR2, "crash"),
+        Which::Restart(d) => disturb(&args.dir, d, ViosAction::Restart),
+        Which::Crash(d) => disturb(&args.dir, d, ViosAction::Crash),
+        Which::List { target, json } => {
+            let v = control::call(&target.socket()?, &ControlRequest::Vios { action: ViosAction::List, name: None })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let list: Vec<ServerView> = serde_json::from_value(v)?;
+            if list.is_empty() {
+                println!("no storage servers configured");
+            }
+            for s in list {
+                println!(
+                    "{:<12} {:<8} pid {:<8} starts {:<3} luns {:?} initiators {:?} registered {:?}",
+                    s.name,
+                    if s.running { "serving" } else { "down" },
+                    s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    s.starts,
+                    s.luns,
+                    s.initiators,
+                    s.registered
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// restart/crash: to the daemon when a system is named, else to a `serve`.
+fn disturb(dir: &Path, d: Disturb, action: ViosAction) -> Result<()> {
+    let socket = match d.target.socket() {
+        Ok(s) => s,
+        Err(no_system) => {
+            if pid_file(dir, &d.name).is_file() {
+                let (sig, what) = if action == ViosAction::Restart { (libc::SIGUSR1, "planned restart") } else { (libc::SIGUSR2, "crash") };
+                return signal(dir, &d.name, sig, what);
+            }
+            bail!("{no_system:#} (nor is there a `lparhv vios serve {}` in {})", d.name, dir.display());
+        }
+    };
+    let r = control::call(&socket, &ControlRequest::Vios { action, name: Some(d.name.clone()) })?;
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+fn print_report(r: &Value) {
+    let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let list = |k: &str| r.get(k).map(|v| v.to_string()).unwrap_or_default();
+    let name = r.get("vios").and_then(Value::as_str).unwrap_or("?");
+    if r.get("kind").and_then(Value::as_str) == Some("planned") {
+        println!("vios {name}: planned restart, pause id {}", r.get("pause_id").unwrap_or(&Value::Null));
+        println!("  PAUSE to       {}", list("initiators"));
+        for q in r.get("quiesced").and_then(Value::as_array).into_iter().flatten() {
+            println!("  quiesced       {} after {:.1} ms", q.get("partition").and_then(Value::as_str).unwrap_or("?"), q.get("ms").and_then(Value::as_f64).unwrap_or(0.0));
+        }
+        println!("  not quiesced   {}", list("not_quiesced"));
+        println!("  no session     {}", list("no_session"));
+        println!("  quiesce {:.1} ms, restart outage {:.1} ms (stop {:.1}, start {:.1}), PAUSE→RESUME {:.1} ms", f("quiesce_ms"), f("outage_ms"), f("stop_ms"), f("start_ms"), f("pause_to_resume_ms"));
+    } else {
+        println!(
+            "vios {name}: crash ({}): QMP connected after {:.1} ms, every stop issued {:.1} ms later, serving again after {:.1} ms",
+            r.get("cause").and_then(Value::as_str).unwrap_or("?"),
+            f("qmp_connect_ms"),
+            f("freeze_all_ms"),
+            f("outage_ms")
+        );
+        for p in r.get("frozen").and_then(Value::as_array).into_iter().flatten() {
+            let e = p.get("error").and_then(Value::as_str).map(|e| format!(", error: {e}")).unwrap_or_default();
+            println!(
+                "  frozen         {} for {:.1} ms ({} cont){e}",
+                p.get("partition").and_then(Value::as_str).unwrap_or("?"),
+                p.get("frozen_ms").and_then(Value::as_f64).unwrap_or(0.0),
+                p.get("conts").and_then(Value::as_u64).unwrap_or(0)
+            );
+        }
+        if let Some(e) = r.get("error").and_then(Value::as_str) {
+            println!("  the server did not come back: {e}; its partitions stay frozen");
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! `{"op": "events", "limit": 50}`, `{"op": "grant", "resource": "shm0",
 //! "to": "lpar1", "offset": 0, "length": 4096}`, `{"op": "rescind",
 //! "cookie": "<32 hex>", "partition": "lpar1", "force": false}`.
+//! `{"op": "vios", "action": "restart"|"crash"|"list", "name": "vios1"}`.
 //! Reply: `{"ok": true, "result": …}` or `{"ok": false, "error": "…",
 //! "code": -7}` (`code`: the PAPR return code, when there is one).
 
@@ -56,6 +57,25 @@ pub enum ControlRequest {
     Partition(crate::slots::Command),
     /// The slot allocation table.
     Slots,
+    /// A configured storage server (crate::storage::served).
+    Vios {
+        action: ViosAction,
+        /// Needed by restart and crash.
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+/// What `{"op": "vios"}` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViosAction {
+    /// The servers, their initiators and registrations.
+    List,
+    /// Planned restart with PAUSE/RESUME; the reply is the report.
+    Restart,
+    /// SIGKILL the storage daemon; the reply is the freeze/thaw report.
+    Crash,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +130,31 @@ pub fn handle(system: &Shared, request: &ControlRequest) -> ControlReply {
                 None => ControlReply::ok(Vec::<crate::slots::SlotView>::new()),
             };
         }
+        ControlRequest::Vios { action, name } => {
+            let servers = lock(system).storage_servers();
+            let Some(servers) = servers else {
+                if *action == ViosAction::List {
+                    return ControlReply::ok(Vec::<crate::storage::served::ServerView>::new());
+                }
+                return ControlReply::err(
+                    "this system configures no storage server ([[vios]] in its config)".into(),
+                    Some(hypercall_abi::ReturnCode::NotFound.raw()),
+                );
+            };
+            let name = match (action, name) {
+                (ViosAction::List, _) => return ControlReply::ok(servers.view(system)),
+                (_, Some(n)) => n,
+                (_, None) => return ControlReply::err("vios restart/crash needs a name".into(), Some(hypercall_abi::ReturnCode::Parameter.raw())),
+            };
+            let r = match action {
+                ViosAction::Restart => servers.restart(system, name).map(|r| crate::storage::served::planned_json(&r)),
+                _ => servers.crash(name).map(|r| crate::storage::served::freeze_json(&r)),
+            };
+            return match r {
+                Ok(v) => ControlReply::ok(v),
+                Err(e) => ControlReply::err(format!("{e:#}"), None),
+            };
+        }
         _ => {}
     }
     let mut sys = lock(system);
@@ -128,7 +173,7 @@ pub fn handle(system: &Shared, request: &ControlRequest) -> ControlReply {
         ControlRequest::Rescind { cookie, partition, force } => {
             op(sys.owner_rescind(cookie, partition, *force).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)))
         }
-        ControlRequest::Partition(_) | ControlRequest::Slots => ControlReply::err("handled above".into(), None),
+        ControlRequest::Partition(_) | ControlRequest::Slots | ControlRequest::Vios { .. } => ControlReply::err("handled above".into(), None),
     }
 }
 
@@ -260,5 +305,14 @@ mod tests {
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"partition","command":"nuke","partition":"x"}"#).is_err());
         assert_eq!(serde_json::from_str::<ControlRequest>(r#"{"op":"slots"}"#).unwrap(), ControlRequest::Slots);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"grant","resource":"a","to":"b","x":1}"#).is_err());
+        let r: ControlRequest = serde_json::from_str(r#"{"op":"vios","action":"restart","name":"vios1"}"#).unwrap();
+        assert_eq!(r, ControlRequest::Vios { action: ViosAction::Restart, name: Some("vios1".into()) });
+        assert_eq!(serde_json::from_str::<ControlRequest>(&serde_json::to_string(&r).unwrap()).unwrap(), r);
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(r#"{"op":"vios","action":"list"}"#).unwrap(),
+            ControlRequest::Vios { action: ViosAction::List, name: None }
+        );
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"vios","action":"reboot","name":"v"}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"vios","name":"v"}"#).is_err());
     }
 }

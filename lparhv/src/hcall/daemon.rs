@@ -43,6 +43,55 @@ pub fn qmp_socket_path(state_dir: &Path, partition: &str) -> PathBuf {
     state_dir.join("qmp").join(format!("{partition}.sock"))
 }
 
+/// The NBD socket of configured storage server `vios`.
+pub fn vios_socket_path(state_dir: &Path, vios: &str) -> PathBuf {
+    vios_dir(state_dir).join(format!("{vios}.nbd.sock"))
+}
+
+/// Where the configured storage servers keep their sockets.
+pub fn vios_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("vios")
+}
+
+/// The QEMU arguments and kernel command-line words that attach
+/// partition `p`'s LUNs (NBD clients of the configured storage servers,
+/// as virtio-blk; block node and device ids `lun<i>`).
+pub fn lun_attachments(config: &SystemConfig, p: &crate::config::PartitionConfig) -> (Vec<String>, Vec<String>) {
+    let mut args = Vec::new();
+    let mut words = Vec::new();
+    let has = |key: &str| p.cmdline.split_whitespace().any(|w| w.split('=').next() == Some(key));
+    for (i, l) in p.luns.iter().enumerate() {
+        let Some(v) = config.vios(&l.vios) else { continue };
+        let policy = match p.lun_errors {
+            crate::config::LunErrors::Stop => crate::vios::ErrorPolicy::Stop,
+            crate::config::LunErrors::Report => crate::vios::ErrorPolicy::Report,
+        };
+        let disk = crate::vios::NbdDisk {
+            socket: vios_socket_path(&config.state_dir, &v.name),
+            export: l.lun.clone(),
+            reconnect_delay: v.reconnect_delay_s,
+            open_timeout: 5,
+            werror: policy,
+            rerror: policy,
+        };
+        args.extend(disk.qemu_args(&format!("lun{i}")));
+        if i == 0 {
+            // The rootvg's server: the one the guest registers for and
+            // answers PAUSE from.
+            if !has("vios") {
+                words.push(format!("vios={}", v.name));
+            }
+            if let Some(ms) = v.connect_ms.filter(|_| !has("vios_connect_ms")) {
+                words.push(format!("vios_connect_ms={ms}"));
+            }
+            if let Some(ms) = v.resume_ms.filter(|_| !has("vios_resume_ms")) {
+                words.push(format!("vios_resume_ms={ms}"));
+            }
+        }
+    }
+    (args, words)
+}
+
 /// The socket QEMU binds for NIC `index` of `partition` (a switch port).
 pub fn nic_socket_path(state_dir: &Path, partition: &str, index: usize) -> PathBuf {
     state_dir.join("lan").join(format!("{partition}-{index}.sock"))
@@ -82,6 +131,13 @@ pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<Gue
         crate::config::MachineType::Pc => crate::qemu::Machine::Pc,
     };
     spec.cmdline = p.cmdline.clone();
+    let (lun_args, words) = lun_attachments(config, p);
+    for w in words {
+        if !spec.cmdline.is_empty() {
+            spec.cmdline.push(' ');
+        }
+        spec.cmdline.push_str(&w);
+    }
     for d in &p.disks {
         // GuestSpec's disk format is static; the config only allows these.
         let format = if d.format == "qcow2" { "qcow2" } else { "raw" };
@@ -99,6 +155,7 @@ pub fn guest_spec(config: &SystemConfig, name: &str, accel: Accel) -> Option<Gue
     let qmp = qmp_socket_path(&config.state_dir, &p.name);
     spec.extra.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", qmp.display())]);
     spec.extra.extend(hcall_qemu_args(&hcall_socket_path(&config.state_dir, &p.name)));
+    spec.extra.extend(lun_args);
     Some(spec)
 }
 
@@ -112,6 +169,8 @@ pub struct Daemon {
     supervisor: Option<Supervisor>,
     restart: RestartSlot,
     control_path: PathBuf,
+    /// The configured storage servers (stopped after the partitions).
+    storage: Option<Arc<crate::storage::served::StorageServers>>,
     /// The virtual LANs (their switches stop when the daemon is dropped;
     /// partitions that outlive lparhv lose the LAN until it is back).
     _lans: Vec<VSwitch>,
@@ -124,6 +183,11 @@ impl Daemon {
         let system = System::open(config, cookies)?;
         let system: Shared = Arc::new(Mutex::new(system));
         crate::slots::SlotControl::install(&system).context("opening the slot table")?;
+        // Storage servers first: the partitions' NBD clients connect at
+        // QEMU start.
+        let storage = crate::storage::served::StorageServers::start(config, &system).context("starting the storage servers")?;
+        let storage = (!storage.is_empty()).then(|| Arc::new(storage));
+        lock(&system).set_storage_servers(storage.clone());
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&system).set_recovery_sender(tx);
         let restart: RestartSlot = Arc::new(Mutex::new(None));
@@ -134,7 +198,7 @@ impl Daemon {
         let control = ControlServer::start(&system, &control_path, shutdown.clone())?;
         let lans = start_lans(config)?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, _lans: lans })
+        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, storage, _lans: lans })
     }
 
     pub fn system(&self) -> &Shared {
@@ -176,9 +240,16 @@ impl Daemon {
     /// Kills every QEMU, stops serving, removes the sockets and closes the
     /// database. Returns when nothing of the daemon is left running.
     pub async fn stop(self) {
+        if let Some(st) = &self.storage {
+            st.stop_watchers();
+        }
         if let Some(s) = self.supervisor {
             s.stop();
         }
+        if let Some(st) = &self.storage {
+            st.stop();
+        }
+        lock(&self.system).set_storage_servers(None);
         if let Some(slots) = lock(&self.system).slot_control() {
             slots.cpu().cleanup();
         }
@@ -257,5 +328,24 @@ mod tests {
         assert!(args.contains("path=/st/hcall/p1.sock,reconnect=1"), "{args}");
         assert!(args.contains("remote.path=/st/lan/lan0.sock"), "{args}");
         assert!(guest_spec(&c, "nope", Accel::Tcg).is_none());
+    }
+
+    #[test]
+    fn luns_are_attached_over_nbd_with_the_error_policy() {
+        let text = "[system]\nname = \"s\"\nstate_dir = \"/st\"\n[[vios]]\nname = \"v1\"\nreconnect_delay_s = 3\nconnect_ms = 2500\nluns = [ { name = \"a\", image = \"/a.img\" }, { name = \"b\", image = \"/b.img\" } ]\n\
+            [[partition]]\nname = \"p1\"\nmemory_mib = 64\nimage = \"/k\"\ncmdline = \"rootvg=on\"\nluns = [\"v1:a\"]\n\
+            [[partition]]\nname = \"p2\"\nmemory_mib = 64\nimage = \"/k\"\ncmdline = \"vios=v1 vios_register=0\"\nluns = [\"v1:b\"]\n";
+        let c = SystemConfig::parse(text, Path::new("/c.toml")).unwrap();
+        let s1 = guest_spec(&c, "p1", Accel::Tcg).unwrap();
+        assert_eq!(s1.cmdline, "rootvg=on vios=v1 vios_connect_ms=2500");
+        let a = s1.args().join(" ");
+        assert!(
+            a.contains("-blockdev driver=nbd,node-name=lun0,server.type=unix,server.path=/st/vios/v1.nbd.sock,export=a,reconnect-delay=3,open-timeout=5"),
+            "{a}"
+        );
+        assert!(a.contains("-device virtio-blk-pci,drive=lun0,werror=stop,rerror=stop"), "{a}");
+        let s2 = guest_spec(&c, "p2", Accel::Tcg).unwrap();
+        assert_eq!(s2.cmdline, "vios=v1 vios_register=0 vios_connect_ms=2500", "vios= is not repeated");
+        assert!(s2.args().join(" ").contains("drive=lun0,werror=report,rerror=report"));
     }
 }

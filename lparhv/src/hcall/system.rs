@@ -271,6 +271,7 @@ pub struct System {
     /// The slot table and partition commands (crate::slots), once the
     /// daemon installed them.
     slots: Option<Arc<crate::slots::SlotControl>>,
+    vios: Option<Arc<crate::storage::served::StorageServers>>,
 }
 
 /// Every memory region of the config with the name of its owner: lparhv's
@@ -414,6 +415,7 @@ impl System {
             recovery_tx: None,
             storage: crate::storage::StorageState::open(&config.state_dir),
             slots: None,
+            vios: None,
         };
         system.log("start", None, format!("host session {host_session:#x}, table revision {}", system.table.revision()));
         Ok(system)
@@ -464,6 +466,15 @@ impl System {
 
     pub fn slot_control(&self) -> Option<Arc<crate::slots::SlotControl>> {
         self.slots.clone()
+    }
+
+    /// The configured storage servers (`lparhv up` with `[[vios]]`).
+    pub fn set_storage_servers(&mut self, servers: Option<Arc<crate::storage::served::StorageServers>>) {
+        self.vios = servers;
+    }
+
+    pub fn storage_servers(&self) -> Option<Arc<crate::storage::served::StorageServers>> {
+        self.vios.clone()
     }
 
     /// The region file and size behind the grant `id` accepted at `laddr`,

@@ -25,6 +25,7 @@ use hypercall_abi::{Event, EventMask};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How often the watcher checks the storage daemon.
@@ -62,6 +63,9 @@ pub struct FreezeReport {
     pub frozen: Vec<Frozen>,
     /// The VIOS could not be brought back (the partitions stay frozen).
     pub error: Option<String>,
+    /// Death noticed → QMP connections made (on-demand source only; the
+    /// freeze starts after it, so it adds to how long I/O is held).
+    pub qmp_connect: Duration,
 }
 
 /// QMP connections of the partitions lparhv may freeze.
@@ -140,7 +144,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
                 error,
             })
             .collect();
-        return Ok(FreezeReport { server, cause, freeze_all, outage, frozen, error: Some(format!("{e:#}")) });
+        return Ok(FreezeReport { server, cause, freeze_all, outage, frozen, error: Some(format!("{e:#}")), qmp_connect: Duration::ZERO });
     }
     let mut report = Vec::new();
     for (id, partition, t, frozen_at_ns, mut error, stop_reply) in frozen {
@@ -161,7 +165,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
     }
     drop(q);
     lock(system).note("thaw", None, format!("server {server}: outage {outage:?}, thawed {:?}", report.iter().map(|f| (&f.partition, f.duration)).collect::<Vec<_>>()));
-    Ok(FreezeReport { server, cause, freeze_all, outage, frozen: report, error: None })
+    Ok(FreezeReport { server, cause, freeze_all, outage, frozen: report, error: None, qmp_connect: Duration::ZERO })
 }
 
 /// `cont`, repeated while QEMU stops again on an I/O error (a held request
@@ -193,9 +197,61 @@ pub struct Watcher {
     pub reports: Arc<Mutex<Vec<FreezeReport>>>,
 }
 
+/// Where the watcher gets the QMP connections it freezes with.
+#[derive(Clone)]
+pub enum QmpSource {
+    /// Connections held for the whole run (the lab).
+    Held(Dispatchers),
+    /// Connect to each registered partition's QMP socket
+    /// (`<state_dir>/qmp/<name>.sock`) when a freeze starts and close them
+    /// after the thaw: `lparhv up`. QEMU's monitor serves one client at a
+    /// time and the partition commands (crate::slots) connect to it too, so
+    /// no connection is held between interruptions.
+    OnDemand { state_dir: PathBuf },
+}
+
+/// How long an on-demand QMP connection may take.
+const QMP_CONNECT: Duration = Duration::from_secs(2);
+
+/// QMP connections to every partition registered for `cause` on
+/// `server`, made in parallel; a partition whose monitor does not answer
+/// is left out (the freeze report then says "no QMP connection").
+pub fn connect_registered(system: &Shared, server: &str, cause: EventMask, state_dir: &Path) -> Dispatchers {
+    let targets: Vec<(PartitionId, String)> = {
+        let sys = lock(system);
+        sys.storage.registered_for(server, cause).into_iter().map(|id| (id, sys.partition_name(id))).collect()
+    };
+    let mut out = BTreeMap::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(id, name)| {
+                let path = crate::hcall::daemon::qmp_socket_path(state_dir, name);
+                scope.spawn(move || (*id, name.clone(), Qmp::connect(&path, QMP_CONNECT)))
+            })
+            .collect();
+        for h in handles {
+            if let Ok((id, name, r)) = h.join() {
+                match r {
+                    Ok(q) => {
+                        out.insert(id, q);
+                    }
+                    Err(e) => tracing::warn!(partition = %name, "freeze: no QMP connection: {e}"),
+                }
+            }
+        }
+    });
+    Arc::new(Mutex::new(out))
+}
+
 impl Watcher {
     /// `down`: how long a failed VIOS takes to come back (its reboot).
     pub fn start(system: Shared, vios: Arc<Mutex<Vios>>, qmps: Dispatchers, down: Duration) -> Watcher {
+        Watcher::start_with(system, vios, QmpSource::Held(qmps), down)
+    }
+
+    /// As [`Watcher::start`], with the QMP connections from `source`.
+    pub fn start_with(system: Shared, vios: Arc<Mutex<Vios>>, source: QmpSource, down: Duration) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let reports = Arc::new(Mutex::new(Vec::new()));
         let (flag, out) = (stop.clone(), reports.clone());
@@ -209,8 +265,17 @@ impl Watcher {
                         let mut v = vios.lock().unwrap_or_else(|p| p.into_inner());
                         if !v.is_running() {
                             tracing::warn!(vios = v.name(), "storage daemon died: freezing registered partitions");
+                            let t = Instant::now();
+                            let qmps = match &source {
+                                QmpSource::Held(d) => d.clone(),
+                                QmpSource::OnDemand { state_dir } => connect_registered(&system, v.name(), EventMask::FAILURE, state_dir),
+                            };
+                            let qmp_connect = t.elapsed();
                             match freeze_restart_thaw(&system, &mut v, &qmps, EventMask::FAILURE, down) {
-                                Ok(r) => out.lock().unwrap_or_else(|p| p.into_inner()).push(r),
+                                Ok(mut r) => {
+                                    r.qmp_connect = qmp_connect;
+                                    out.lock().unwrap_or_else(|p| p.into_inner()).push(r)
+                                }
                                 Err(e) => tracing::error!("freeze/thaw: {e:#}"),
                             }
                         }

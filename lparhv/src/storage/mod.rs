@@ -11,6 +11,7 @@
 pub mod freeze;
 pub mod lab;
 pub mod pause;
+pub mod served;
 
 use crate::owner::PartitionId;
 use hypercall_abi::{EventMask, ReturnCode};
@@ -92,6 +93,11 @@ impl StorageState {
                 self.actions.insert((id, server.to_string()), mask);
             }
         }
+    }
+
+    /// `server` is a VIOS even while no partition uses it.
+    pub fn declare(&mut self, server: &str) {
+        self.attached.entry(server.to_string()).or_default();
     }
 
     pub fn is_vios(&self, server: &str) -> bool {

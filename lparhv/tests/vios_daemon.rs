@@ -1,0 +1,184 @@
+//! A storage server configured in the system config, run by the real
+//! daemon (`lparhv up` in-process), disturbed through the control socket
+//! as `lparhv vios restart|crash` does: the registered guest doing checked
+//! writes on its rootvg LUN sees PAUSE/RESUME on the planned restart and
+//! is frozen and thawed on the crash, with no I/O error; afterwards every
+//! acknowledged write is read back from the image. Nothing is left
+//! running: the daemon's stop kills the guest and the storage daemon,
+//! which the test checks by pid.
+
+use lparhv::config::SystemConfig;
+use lparhv::hcall::control::{self, ControlRequest, ViosAction};
+use lparhv::hcall::system::{Runtime, StatusView};
+use lparhv::hcall::Daemon;
+use lparhv::owner::OsCookieSource;
+use lparhv::qemu::{self, AccelChoice};
+use lparhv::slots::commands::ConsoleLog;
+use lparhv::storage::served::ServerView;
+use lparhv::{parse_event, vios, Event};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SEED: u64 = 0x5d01;
+const WRITES: u64 = 4000;
+
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The next event `name` after console line `from`; returns it and the
+/// index after it.
+fn wait_event(log: &ConsoleLog, name: &str, from: usize, limit: Duration) -> (Event, usize) {
+    let until = Instant::now() + limit;
+    loop {
+        {
+            let lines = log.lock().unwrap();
+            for (i, l) in lines.iter().enumerate().skip(from) {
+                if let Some(e) = parse_event(&l.text).filter(|e| e.name == name) {
+                    return (e, i + 1);
+                }
+            }
+            if Instant::now() >= until {
+                let tail: Vec<&str> = lines.iter().rev().take(30).map(|l| l.text.as_str()).collect();
+                panic!("no {name} event within {limit:?}; console (last lines, newest first): {tail:#?}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn num(e: &Event, key: &str) -> u64 {
+    e.get(key).unwrap_or_else(|| panic!("{e:?} has no {key}")).parse().unwrap()
+}
+
+fn vios_op(control: &Path, action: ViosAction, name: &str) -> Value {
+    let reply = control::request(control, &ControlRequest::Vios { action, name: Some(name.into()) }).unwrap();
+    assert!(reply.ok, "{action:?}: {reply:?}");
+    reply.result.unwrap()
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is not running anything; its parent (this process) reaps.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+#[test]
+fn configured_vios_restart_and_crash_through_the_control_socket() {
+    let t0 = Instant::now();
+    let kernel = qemu::default_kernel();
+    assert!(kernel.is_file(), "kernel image {} missing: run ./run.sh build", kernel.display());
+    let accel = qemu::choose_accel(AccelChoice::Auto, &kernel).unwrap();
+    eprintln!("accelerator {} ({})", accel.accel, accel.reason);
+    let dir = PathBuf::from(format!("/tmp/lps-vd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _scratch = Scratch(dir.clone());
+    let image = dir.join("lun0.img");
+    rootvg::host::create_image_from_toml(&lparhv::storage::lab::rootvg_spec(), &image).unwrap();
+    let text = format!(
+        "[system]\nname = \"vd-{pid}\"\nstate_dir = \"{st}\"\n\n\
+         [[vios]]\nname = \"vios1\"\ndown_ms = 1000\npause_complete_ms = 2000\nluns = [ {{ name = \"lun0\", image = \"{img}\" }} ]\n\n\
+         [[partition]]\nname = \"vd1\"\nmemory_mib = 64\nimage = \"{k}\"\ncmdline = \"quiet hcall=on vios_test=writer:{SEED} vios_test_stop_after={WRITES}\"\nluns = [\"vios1:lun0\"]\n",
+        pid = std::process::id(),
+        st = dir.join("st").display(),
+        img = image.display(),
+        k = kernel.display(),
+    );
+    let path = dir.join("system.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = SystemConfig::load(&path).unwrap();
+    config.check_files().unwrap();
+    let control = lparhv::hcall::control_socket_path(&config.state_dir);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut daemon = rt.block_on(Daemon::start(&config, Box::new(OsCookieSource))).unwrap();
+    daemon.start_partitions(accel.accel, false).unwrap();
+    let system = daemon.system().clone();
+    let log = system.lock().unwrap().slot_control().unwrap().console("vd1").unwrap();
+    let list: Vec<ServerView> = serde_json::from_value(control::call(&control, &ControlRequest::Vios { action: ViosAction::List, name: None }).unwrap()).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!((list[0].running, list[0].initiators.clone()), (true, vec!["vd1".to_string()]), "{list:?}");
+    let mut pids: Vec<u32> = list[0].pid.into_iter().collect();
+
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (reg, at) = wait_event(&log, "vios_registered", 0, Duration::from_secs(30));
+        assert_eq!((reg.get("ok"), reg.get("server")), (Some("1"), Some("vios1")), "vios= came from the config: {reg:?}");
+        let (_, at) = wait_event(&log, "io_ack", at, Duration::from_secs(30));
+
+        // Planned: PAUSE/RESUME around a graceful restart.
+        let r = vios_op(&control, ViosAction::Restart, "vios1");
+        eprintln!("restart report: {r:#}");
+        let quiesced: Vec<&str> = r["quiesced"].as_array().unwrap().iter().map(|q| q["partition"].as_str().unwrap()).collect();
+        assert_eq!(quiesced, vec!["vd1"], "{r}");
+        assert!(names(&r["not_quiesced"]).is_empty() && names(&r["no_session"]).is_empty(), "{r}");
+        let (pc, at2) = wait_event(&log, "vios_pause_complete", at, Duration::from_secs(10));
+        assert_eq!(pc.get("ok"), Some("1"), "{pc:?}");
+        let (res, at2) = wait_event(&log, "vios_resume", at2, Duration::from_secs(10));
+        eprintln!("guest: {pc:?} {res:?}");
+        let (ack, at2) = wait_event(&log, "io_ack", at2, Duration::from_secs(20));
+        eprintln!("writing again after RESUME: {ack:?}");
+
+        // Unplanned: the storage daemon is killed; lparhv freezes vd1.
+        let f = vios_op(&control, ViosAction::Crash, "vios1");
+        eprintln!("crash report: {f:#}");
+        assert!(f["error"].is_null(), "{f}");
+        let frozen = f["frozen"].as_array().unwrap();
+        assert_eq!(frozen.len(), 1, "{f}");
+        assert_eq!(frozen[0]["partition"], "vd1");
+        assert!(frozen[0]["error"].is_null(), "{f}");
+        assert!(f["outage_ms"].as_f64().unwrap() >= 1000.0, "down_ms respected: {f}");
+        let to_stop = f["qmp_connect_ms"].as_f64().unwrap() + f["freeze_all_ms"].as_f64().unwrap();
+        assert!(to_stop < 1000.0, "stop issued well inside the 5 s reconnect-delay: {f}");
+        let (th, at3) = wait_event(&log, "thawed", at2, Duration::from_secs(20));
+        assert!(num(&th, "frozen_ms") >= 900, "{th:?}");
+        let (rv, at3) = wait_event(&log, "rootvg_reverified", at3, Duration::from_secs(20));
+        assert_eq!(rv.get("ok"), Some("1"), "{rv:?}");
+        eprintln!("guest: {th:?}");
+
+        let (done, _) = wait_event(&log, "io_done", at3, Duration::from_secs(60));
+        eprintln!("{done:?}");
+        assert_eq!((num(&done, "acked"), num(&done, "errors")), (WRITES, 0), "no I/O error, every write acknowledged: {done:?}");
+        let acked_at_crash = num(&ack, "acked");
+        assert!(acked_at_crash < WRITES, "the writer was still writing when the server crashed ({acked_at_crash})");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st: StatusView = serde_json::from_value(control::call(&control, &ControlRequest::Status).unwrap()).unwrap();
+            match &st.partitions.iter().find(|p| p.name == "vd1").unwrap().runtime {
+                Runtime::Exited { how } => {
+                    assert_eq!(how, "Code(0)", "the guest ended successfully");
+                    break;
+                }
+                other => assert!(Instant::now() < until, "vd1 still {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let list: Vec<ServerView> =
+            serde_json::from_value(control::call(&control, &ControlRequest::Vios { action: ViosAction::List, name: None }).unwrap()).unwrap();
+        assert_eq!((list[0].starts, list[0].running), (3, true), "started, restarted, recovered: {list:?}");
+        list[0].pid
+    }));
+    if let Ok(Some(p)) = &run {
+        pids.push(*p);
+    }
+    rt.block_on(daemon.stop());
+    drop(system);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    for p in &pids {
+        assert!(!alive(*p), "storage daemon {p} still running after down");
+    }
+    assert!(!control.exists(), "control socket removed");
+    if let Err(e) = run {
+        std::panic::resume_unwind(e);
+    }
+    let c = vios::verify_writer_log(&image, "data", SEED, WRITES).unwrap();
+    assert_eq!((c.checked, c.lost), (WRITES, 0), "every acknowledged write read back: {c:?}");
+    eprintln!("whole test {:?}", t0.elapsed());
+}
