@@ -17,8 +17,8 @@ commands:
                      the active partition dies (heartbeats, deact, rem_pci,
                      add_pci, act), with every step timed
   demo lan [opts]    partitions exchanging checked UDP/TCP traffic on a LAN
-  test               run every test (unit, property and QEMU integration)
   demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
+  test               run every test (unit, property and QEMU integration)
   bench NAME         benchmark, figures printed (see docs/benchmarks.md):
                      boot, hotplug, hcall, vios
   help               this text
