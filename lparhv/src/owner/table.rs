@@ -716,12 +716,7 @@ impl OwnerTable {
         let next = next_generation(failed)?;
         let (returned, torn_down) = self.fail_client_role(failed);
         let deadline = Millis(now.0.saturating_add(self.config.grace_ms));
-        let roots: Vec<GrantId> = self
-            .grants
-            .values()
-            .filter(|g| g.granter == failed && g.owner_state == OwnerState::Sharable)
-            .map(|g| g.id)
-            .collect();
+        let roots = self.standing_grants_of(failed);
         let mut notify = Vec::new();
         for root in roots {
             for id in self.subtree_leaves_first(root) {
@@ -897,14 +892,18 @@ impl OwnerTable {
         (returned, torn_down)
     }
 
+    /// The grants `granter` made that still stand (owner side sharable).
+    fn standing_grants_of(&self, granter: PartitionRef) -> Vec<GrantId> {
+        self.grants
+            .values()
+            .filter(|g| g.granter == granter && g.owner_state == OwnerState::Sharable)
+            .map(|g| g.id)
+            .collect()
+    }
+
     /// Operation 6 for everything `failed` granted that still stands.
     fn fail_owner_role(&mut self, failed: PartitionRef) -> Vec<TornDown> {
-        let roots: Vec<GrantId> = self
-            .grants
-            .values()
-            .filter(|g| g.granter == failed && g.owner_state == OwnerState::Sharable)
-            .map(|g| g.id)
-            .collect();
+        let roots = self.standing_grants_of(failed);
         let mut torn_down = Vec::new();
         for root in roots {
             let still_standing =
