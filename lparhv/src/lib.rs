@@ -10,8 +10,6 @@
 //! - `pattern`: the disk test pattern shared with the guest.
 //! - `state`: the system state behind one lock (the owner table's
 //!   operations, sessions, event log, views) and the state directory's paths.
-//! - `vios`: the storage server process (qemu-storage-daemon exporting LUNs
-//!   over NBD), NBD disk attachment, verification of the guest's write log.
 //! - `machine`: QEMU command lines, detached QEMU processes, QMP, consoles,
 //!   the virtual LAN switch.
 //! - `supervisor`: starts, watches and restarts the partitions' QEMU.

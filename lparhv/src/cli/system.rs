@@ -91,7 +91,6 @@ pub struct UpArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     target: Target,
-    /// Machine-readable output.
     /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
@@ -101,7 +100,6 @@ pub struct StatusArgs {
 pub struct JsonArgs {
     #[command(flatten)]
     target: Target,
-    /// Machine-readable output.
     /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
