@@ -23,8 +23,8 @@ use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction};
 use hypercall_client::hypercall_abi::Event;
 use hypercall_client::Placement;
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::hcall_spec::fill_pattern;
+use crate::executor::{timeout, Reactor};
+use crate::hcall_spec::fill_pattern;
 use spin::Mutex;
 
 pub const VENDOR: u16 = 0x1af4;

@@ -8,7 +8,7 @@
 
 use crate::hal::arch::x86_64::{boot, cpu, lapic, pit};
 use core::sync::atomic::{AtomicU64, Ordering};
-use lparos_kernel::executor::Clock;
+use crate::executor::Clock;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 

@@ -6,6 +6,8 @@
 //!
 //! Other services use [`call`] (or the typed wrappers) and [`subscribe`].
 
+pub mod spec;
+
 use crate::devices::ConsoleDevice;
 use crate::runtime::console::{ev, event};
 use alloc::collections::{BTreeMap, VecDeque};
@@ -17,7 +19,7 @@ use core::pin::pin;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Cookie, Event, Name, SlotState};
 use hypercall_client::{Call, CallError, Client, Handle, Mapping, Notice, Placement, Reply, SessionState};
-use lparos_kernel::executor::{timeout, Reactor};
+use crate::executor::{timeout, Reactor};
 use spin::{Mutex, Once};
 
 /// Time limit of one call unless the caller says otherwise.

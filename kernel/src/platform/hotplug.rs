@@ -28,7 +28,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind};
 use drivers::pcihp::{self, reg, BselEntry};
-use lparos_kernel::executor::{timeout, Reactor};
+use crate::executor::{timeout, Reactor};
 use spin::{Mutex, Once};
 
 type AddListener = Box<dyn Fn(Arc<BlockDevice>) + Send + Sync>;

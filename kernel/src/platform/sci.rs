@@ -27,7 +27,7 @@ use crate::runtime::console::{ev, event};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use lparos_kernel::executor::Reactor;
+use crate::executor::Reactor;
 use spin::{Mutex, Once};
 
 /// Vector of the SCI (outside the device allocator's range 0x30..0xEF).

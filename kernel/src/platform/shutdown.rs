@@ -8,7 +8,7 @@ use crate::devices;
 use crate::runtime::console::{ev, event};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
-use lparos_kernel::executor::{timeout, Reactor};
+use crate::executor::{timeout, Reactor};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 

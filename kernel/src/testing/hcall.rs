@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_client::hypercall_abi::{Event, MAX_DATA};
 use hypercall_client::{Mapping, Placement};
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
+use crate::executor::{timeout, Reactor};
+use crate::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
 
 /// Time limit of one poll COPY (a COPY lost with a dying lparhv fails
 /// after this, and the next poll goes to the restarted one).

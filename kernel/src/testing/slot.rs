@@ -18,8 +18,8 @@ use crate::runtime::console::{ev, event};
 use alloc::string::String;
 use alloc::sync::Arc;
 use hypercall_client::hypercall_abi::ReturnCode;
-use lparos_kernel::executor::Reactor;
-use lparos_kernel::testing::spec::parse_step;
+use crate::executor::Reactor;
+use crate::testing::spec::parse_step;
 
 const SESSION_WAIT_NS: u64 = 30_000_000_000;
 const IN_USE_RETRY_NS: u64 = 30_000_000_000;
