@@ -6,6 +6,8 @@
 //! test behaviours of `testing`; the production image names every
 //! test-only key it was given in a `test_key_ignored` event and goes on.
 
+use crate::cmdline::Cmdline;
+use crate::executor::Reactor;
 use crate::hal::exit::{exit, ExitCode};
 use crate::runtime::console;
 use crate::{cluster, devices, hcall, net, vios};
@@ -13,8 +15,6 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use crate::cmdline::Cmdline;
-use crate::executor::Reactor;
 
 /// Start everything the command line asks for.
 pub fn start(cmdline: &Cmdline, reactor: &Arc<Reactor>) {

@@ -19,6 +19,7 @@
 pub mod args;
 
 use crate::devices::{self, BlockDevice};
+use crate::executor::{Reactor, TaskId};
 use crate::net::NetStack;
 use crate::runtime::console::{self, ev};
 use alloc::sync::Arc;
@@ -27,7 +28,6 @@ use cluster_agent::{Action, Agent, Config, Notice, Role};
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
 use hypercall_client::hypercall_abi::ReturnCode;
 use hypercall_client::Call;
-use crate::executor::{Reactor, TaskId};
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 

@@ -6,8 +6,11 @@
 
 pub mod ivshmem;
 
+use crate::executor::{timeout, Reactor};
 use crate::hal::arch::x86_64::lapic;
 use crate::hal::hw::{Ecam, KernelHal, PCI_DEVICE_MEMORY};
+use crate::runtime::boot_stages::Stage;
+use crate::vectors::VectorAllocator;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -17,9 +20,6 @@ use drivers::msix::{Msix, VirtioCommonCfg, VIRTIO_NO_VECTOR};
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind, Pci, Window};
 use drivers::virtio::{self, Blk, BlkOp, Console, Net};
 use drivers::virtio_drivers::transport::pci::PciTransport;
-use crate::executor::{timeout, Reactor};
-use crate::runtime::boot_stages::Stage;
-use crate::vectors::VectorAllocator;
 use spin::{Mutex, Once};
 
 /// PCI memory window handed to the BAR allocator. On q35 QEMU puts the

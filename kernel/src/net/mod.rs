@@ -10,6 +10,7 @@
 //! spins. Services see socket changes through a second software vector.
 
 use crate::devices::NetDevice;
+use crate::executor::{timeout, Reactor};
 use crate::hal::time;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -18,7 +19,6 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::Poll;
 use drivers::virtio;
-use crate::executor::{timeout, Reactor};
 use smoltcp::iface::{Config, Context, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, udp};

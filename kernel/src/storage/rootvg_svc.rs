@@ -6,14 +6,14 @@
 //! Contract and events: docs/vios.md.
 
 use crate::devices::{self, BlockDevice};
+use crate::executor::Reactor;
+use crate::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
 use crate::runtime::console::{ev, event};
+use crate::writer_log::{self, RECORD_SIZE};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use drivers::virtio;
-use crate::executor::Reactor;
-use crate::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
-use crate::writer_log::{self, RECORD_SIZE};
 use rootvg::{IoError, VolumeGroup};
 use spin::{Mutex, Once};
 

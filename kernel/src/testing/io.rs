@@ -4,11 +4,11 @@
 
 use crate::devices;
 use crate::runtime::console::{ev, event};
+use crate::testing::spec::parse_disk_test;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
-use crate::testing::spec::parse_disk_test;
 
 /// Sectors per disk request batch in the test.
 const BATCH: u64 = 128;

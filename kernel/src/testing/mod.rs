@@ -11,14 +11,14 @@ pub mod keys;
 pub mod slot;
 pub mod spec;
 
+use crate::cmdline::Cmdline;
+use crate::executor::Reactor;
 use crate::platform::hotplug;
 use crate::runtime::console;
 use crate::services::spawn_test;
 use crate::storage::rootvg_svc;
 use alloc::string::ToString;
 use alloc::sync::Arc;
-use crate::cmdline::Cmdline;
-use crate::executor::Reactor;
 
 /// Start every test behaviour the command line asks for. `hcall_started`
 /// is false when `hcall=on` was given and the service failed to start.

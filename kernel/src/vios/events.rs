@@ -14,15 +14,15 @@
 //!   excludes the freeze from reactor time when the clock jumped (KVM),
 //!   asks the rootvg users to re-verify the metadata, prints `@ev thawed`.
 
+use crate::executor::{timeout, Reactor};
 use crate::hcall;
 use crate::runtime::console::{ev, event};
+use crate::vios_initiator::{self, Action, ClockView, GapTracker, Initiator, Input, Limits};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Event, EventMask, Name};
 use hypercall_client::{Call, Reply};
-use crate::executor::{timeout, Reactor};
-use crate::vios_initiator::{self, Action, ClockView, GapTracker, Initiator, Input, Limits};
 use spin::Mutex;
 
 /// Period of the freeze ticker (what a clock gap is measured against).
