@@ -1,7 +1,7 @@
 //! The lparos kernel image's entry point. Everything else is the library
 //! (`src/lib.rs`); the boot sequence is `lparos_kernel::runtime::boot`.
 //! Here are only the symbols the boot code and the precompiled `core` and
-//! `alloc` link to by name.
+//! `alloc` link to by name, and the panic handler.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -14,6 +14,11 @@ use lparos_kernel::hal::exit::{exit, ExitCode};
 #[no_mangle]
 extern "C" fn kernel_main(start_info: u64) -> ! {
     lparos_kernel::runtime::boot::run(start_info)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    lparos_kernel::runtime::boot::panic(info)
 }
 
 /// Referenced by the precompiled `core`'s unwind tables; never called

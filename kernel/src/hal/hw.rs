@@ -228,6 +228,10 @@ impl MmioWindow {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The byte at `offset`, or None past the end.
     pub fn read_u8(&self, offset: u64) -> Option<u8> {
         if offset >= self.len {

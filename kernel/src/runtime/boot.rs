@@ -22,8 +22,10 @@ pub static IRQS: IrqTable = IrqTable::new();
 
 static CLOCK: time::TscClock = time::TscClock;
 
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
+/// What a panic does: report it and stop the guest. The image's
+/// `#[panic_handler]` (main.rs) calls this; it lives in the binary so the
+/// library also builds where std supplies its own.
+pub fn panic(info: &core::panic::PanicInfo) -> ! {
     cpu::cli();
     console::force_unlock();
     console::write_line(format_args!("PANIC: {info}"));
