@@ -20,7 +20,16 @@ pub const CAP_ID_VENDOR: u8 = 0x09;
 pub const VIRTIO_NO_VECTOR: u16 = 0xffff;
 
 /// Word-sized access to device memory at a bus address (already mapped).
-pub trait Mmio {
+/// The drivers compute the addresses from a device's capabilities (the
+/// MSI-X table inside its BAR, the virtio common configuration).
+///
+/// # Safety
+/// An implementor promises that every address it is handed that lies inside
+/// a memory BAR assigned by the PCI registry is mapped uncached onto that
+/// device's registers, so a read or write there touches only the device and
+/// never RAM the kernel uses.
+#[allow(unsafe_code)] // declaring the contract; implementing it is the HAL's job
+pub unsafe trait Mmio {
     fn read32(&self, addr: u64) -> u32;
     fn write32(&self, addr: u64, value: u32);
     fn read16(&self, addr: u64) -> u16;
@@ -195,7 +204,10 @@ mod tests {
 
     #[derive(Default)]
     struct FakeMem(RefCell<BTreeMap<u64, u32>>);
-    impl Mmio for FakeMem {
+    // SAFETY: a map in host memory stands in for device memory; no address
+    // reaches real memory.
+    #[allow(unsafe_code)]
+    unsafe impl Mmio for FakeMem {
         fn read32(&self, a: u64) -> u32 {
             *self.0.borrow().get(&a).unwrap_or(&0)
         }

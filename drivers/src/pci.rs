@@ -544,6 +544,7 @@ pub(crate) mod fake {
                 f.regs[r] = data;
             }
         }
+        #[allow(unsafe_code)] // the trait method is `unsafe fn`; cloning the fake is harmless
         unsafe fn unsafe_clone(&self) -> Self {
             self.clone()
         }

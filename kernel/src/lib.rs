@@ -1,28 +1,72 @@
-//! lparos kernel library: the parts of the kernel that are plain logic and
-//! are unit-tested on the host. The bare-metal binary (`main.rs`, the HAL in
-//! `hal/` and the services) builds on these.
+//! lparos kernel: every kernel module, in one tree (layout in README.md and
+//! docs/drivers.md). `main.rs` is only the image's entry point; the boot
+//! sequence is `runtime::boot`.
 //!
-//! Both crates share one folder per subsystem: this file declares the pure
-//! modules of each folder inline, the binary declares the rest through the
-//! folder's `mod.rs` (which re-exports the pure part).
+//! - `hal`: the hardware abstraction layer, the one place allowed `unsafe`
+//!   (PVH entry and the x86_64 pieces, memory, port I/O, MMIO, ECAM, DMA).
+//! - `runtime`: the executor, timers, command line, event lines, interrupt
+//!   vectors, the console, and the boot sequence (`runtime::boot`).
+//! - `platform`: ACPI tables, the SCI and its GPEs, PCI hot-plug, shutdown.
+//! - `devices`: the PCI registry and the bound virtio devices.
+//! - `hcall`, `vios`, `storage`, `net`, `cluster`: the services, started by
+//!   `services` from the command line.
+//! - `testing`: the test-only behaviours (feature `test-services`); their
+//!   keys and parsers are always present, the production image reports them
+//!   as ignored.
 //!
-//! - `runtime`: the `key=value` command line, machine-readable event lines,
-//!   the cooperative executor (tasks, timers, interrupt wake-ups) and
-//!   interrupt vector allocation, and the boot stage marks.
-//! - `hcall::spec`: the hypercall test behaviours' command line, statistics
-//!   and shared-memory pattern.
-//! - `vios::initiator`: the PAUSE/RESUME initiator state machine and the
-//!   freeze (THAWED) clock assessment.
-//! - `storage`: rootvg activation and LV I/O over an asynchronous disk
-//!   (`rootvg_io`), and the record format of the checked-write service
-//!   (`writer_log`; the guest writes it, lparhv verifies it).
-//! - `testing`: the command-line keys of the test-only behaviours and the
-//!   parsers of their values.
-//! - `cluster::args`: the clustering service's command line.
+//! How the hardware glue is cut out. Each subsystem folder's `mod.rs` is the
+//! module's root in the kernel image and declares the folder's plain-logic
+//! files (parsers, state machines) as well as its hardware-facing ones. The
+//! hardware side is compiled only with feature `bare-metal` (on by default,
+//! so in the kernel images) and never under `cfg(test)`: then this file
+//! declares, for each folder that has plain logic, an inline module listing
+//! only those files. So `cargo test -p lparos-kernel --lib` runs on the host
+//! and reaches every parser and state machine, and lparhv (which depends on
+//! this crate with `default-features = false` for `event` and `writer_log`)
+//! gets the same plain-logic subset without the boot code, the panic
+//! handler or the C memory functions.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+// The production image leaves out the test behaviours (feature
+// `test-services`), and with them the only callers of some service APIs
+// (hypercall client calls, ivshmem mapping, the storage pause gate). They
+// stay compiled; the linker drops what nothing calls.
+#![cfg_attr(not(feature = "test-services"), allow(dead_code))]
 
 extern crate alloc;
 
+// The kernel image: every module, hardware side included.
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod cluster;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod devices;
+// The hardware abstraction layer is the one place with `unsafe`.
+#[cfg(all(feature = "bare-metal", not(test)))]
+#[allow(unsafe_code)]
+pub mod hal;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod hcall;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod net;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod platform;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod runtime;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod services;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod storage;
+#[cfg(all(feature = "bare-metal", feature = "test-services", not(test)))]
+pub mod testing;
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub mod vios;
+/// The interrupt counters (`runtime::boot::IRQS`), at the root where the
+/// interrupt handlers and devices have always found them.
+#[cfg(all(feature = "bare-metal", not(test)))]
+pub use runtime::boot::IRQS;
+
+// Host builds (unit tests, lparhv): the plain-logic files of each folder.
+#[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod runtime {
     pub mod boot_stages;
     pub mod cmdline;
@@ -30,25 +74,32 @@ pub mod runtime {
     pub mod executor;
     pub mod vectors;
 }
+#[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod hcall {
     pub mod spec;
 }
+#[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod vios {
     pub mod initiator;
 }
+#[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod storage {
     pub mod rootvg_io;
     pub mod writer_log;
 }
+#[cfg(not(all(feature = "bare-metal", not(test))))]
+pub mod cluster {
+    pub mod args;
+}
+// The test behaviours' keys and parsers are in every build; the behaviours
+// themselves only in the test image.
+#[cfg(not(all(feature = "bare-metal", feature = "test-services", not(test))))]
 pub mod testing {
     pub mod keys;
     pub mod spec;
 }
-pub mod cluster {
-    pub mod args;
-}
 
-// The flat paths the binary and lparhv have used so far.
+// The flat paths the kernel and lparhv have used so far.
 pub use hcall::spec as hcall_spec;
 pub use runtime::{cmdline, event, executor, vectors};
 pub use storage::{rootvg_io, writer_log};

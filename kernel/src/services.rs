@@ -6,6 +6,8 @@
 //! test behaviours of `testing`; the production image names every
 //! test-only key it was given in a `test_key_ignored` event and goes on.
 
+use crate::cmdline::Cmdline;
+use crate::executor::Reactor;
 use crate::hal::exit::{exit, ExitCode};
 use crate::runtime::console;
 use crate::{cluster, devices, hcall, net, vios};
@@ -13,8 +15,6 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use lparos_kernel::cmdline::Cmdline;
-use lparos_kernel::executor::Reactor;
 
 /// Start everything the command line asks for.
 pub fn start(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
@@ -40,7 +40,7 @@ fn start_test_behaviours(cmdline: &Cmdline, reactor: &Arc<Reactor>, hcall_starte
 /// The production image: report the test-only keys it ignores.
 #[cfg(not(feature = "test-services"))]
 fn start_test_behaviours(cmdline: &Cmdline, _reactor: &Arc<Reactor>, _hcall_started: bool) -> bool {
-    for key in lparos_kernel::testing::keys::test_only_keys(cmdline) {
+    for key in crate::testing::keys::test_only_keys(cmdline) {
         log::warn!("{key}= is a test behaviour; this image is built without them (feature test-services)");
         console::event(console::ev("test_key_ignored").field("key", key));
     }
@@ -80,7 +80,7 @@ fn start_hcall(cmdline: &Cmdline, reactor: &Arc<Reactor>) -> bool {
 
 /// `vios=<server>`: the storage-server event task (docs/vios.md).
 fn start_vios_events(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
-    use lparos_kernel::vios_initiator::{Limits, DEFAULT_CONNECT_MS, DEFAULT_RESUME_MS};
+    use crate::vios_initiator::{Limits, DEFAULT_CONNECT_MS, DEFAULT_RESUME_MS};
     let Some(server) = cmdline.get("vios") else { return };
     let server = match hypercall_client::hypercall_abi::Name::new(server) {
         Ok(n) => n,

@@ -16,7 +16,10 @@
 //! and flushed; records are written in order, so the highest ack printed is
 //! the high-water mark: every record up to it is durable.
 
+pub mod args;
+
 use crate::devices::{self, BlockDevice};
+use crate::executor::{Reactor, TaskId};
 use crate::net::NetStack;
 use crate::runtime::console::{self, ev};
 use alloc::sync::Arc;
@@ -25,11 +28,10 @@ use cluster_agent::{Action, Agent, Config, Notice, Role};
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
 use hypercall_client::hypercall_abi::ReturnCode;
 use hypercall_client::Call;
-use lparos_kernel::executor::{Reactor, TaskId};
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 
-pub use lparos_kernel::cluster::args::{parse, ClusterArgs};
+pub use crate::cluster::args::{parse, ClusterArgs};
 
 /// UDP port of the heartbeat.
 pub const HEARTBEAT_PORT: u16 = 7100;

@@ -12,9 +12,11 @@
 //! `@ev ivshmem_read ok=.. mismatches=..`. Both keep running afterwards.
 
 use crate::devices;
+use crate::executor::{timeout, Reactor};
 use crate::hal::arch::x86_64::paging;
 use crate::hal::hw::MmioWindow;
 use crate::hcall;
+use crate::hcall_spec::fill_pattern;
 use crate::runtime::console::{ev, event};
 use alloc::format;
 use alloc::string::String;
@@ -23,8 +25,6 @@ use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction};
 use hypercall_client::hypercall_abi::Event;
 use hypercall_client::Placement;
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::hcall_spec::fill_pattern;
 use spin::Mutex;
 
 pub const VENDOR: u16 = 0x1af4;

@@ -6,8 +6,11 @@
 
 pub mod ivshmem;
 
+use crate::executor::{timeout, Reactor};
 use crate::hal::arch::x86_64::lapic;
-use crate::hal::hw::{DeviceMemory, Ecam, KernelHal};
+use crate::hal::hw::{Ecam, KernelHal, PCI_DEVICE_MEMORY};
+use crate::runtime::boot_stages::Stage;
+use crate::vectors::VectorAllocator;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -17,16 +20,13 @@ use drivers::msix::{Msix, VirtioCommonCfg, VIRTIO_NO_VECTOR};
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind, Pci, Window};
 use drivers::virtio::{self, Blk, BlkOp, Console, Net};
 use drivers::virtio_drivers::transport::pci::PciTransport;
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::runtime::boot_stages::Stage;
-use lparos_kernel::vectors::VectorAllocator;
 use spin::{Mutex, Once};
 
 /// PCI memory window handed to the BAR allocator. On q35 QEMU puts the
 /// 256 MiB ECAM at 0xB000_0000; from 0xC000_0000 up to the IOAPIC at
 /// 0xFEC0_0000 the address space is free for PCI (QEMU's own firmware uses
 /// the same hole). RAM never reaches it: the kernel supports < 2 GiB guests.
-pub const PCI_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000 - 0xC000_0000);
+pub use crate::hal::hw::PCI_WINDOW;
 
 pub type Transport = PciTransport;
 
@@ -381,7 +381,7 @@ pub async fn release(bdf: DeviceFunction) -> Result<bool, String> {
     // with `Removed`.
     let driver = blk.inner.lock().take();
     drop(driver);
-    blk.msix.mask_entry(&DeviceMemory, 0);
+    blk.msix.mask_entry(&PCI_DEVICE_MEMORY, 0);
     blk.msix.disable(&mut *reg.pci.lock());
     reg.vectors.lock().free(blk.vector);
     log::info!("virtio-blk {}: released", blk.bdf);
@@ -432,14 +432,14 @@ fn bind_with(reg: &Registry, pci: &mut Pci<Ecam>, bdf: DeviceFunction, kind: Dev
     let name = format!("{}", Bdf(bdf));
     let msix = Msix::find(pci, bdf).map_err(|e| e.to_string())?;
     let common = VirtioCommonCfg::find(pci, bdf).map_err(|e| e.to_string())?;
-    msix.set_entry(&DeviceMemory, 0, lapic::id(), vector).map_err(|e| e.to_string())?;
+    msix.set_entry(&PCI_DEVICE_MEMORY, 0, lapic::id(), vector).map_err(|e| e.to_string())?;
     msix.enable(pci);
     let transport = PciTransport::new::<KernelHal, Ecam>(pci.root_mut(), bdf).map_err(|e| format!("virtio transport: {e}"))?;
     // Device initialisation resets the queue vectors, so route them after it.
     let route = |queues: u16| -> Result<(), String> {
-        common.set_config_vector(&DeviceMemory, VIRTIO_NO_VECTOR);
+        common.set_config_vector(&PCI_DEVICE_MEMORY, VIRTIO_NO_VECTOR);
         for q in 0..queues {
-            common.set_queue_vector(&DeviceMemory, q, 0).map_err(|e| e.to_string())?;
+            common.set_queue_vector(&PCI_DEVICE_MEMORY, q, 0).map_err(|e| e.to_string())?;
         }
         Ok(())
     };

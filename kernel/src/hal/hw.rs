@@ -44,37 +44,67 @@ unsafe impl Hal for KernelHal {
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
 
-/// Uncached access to device memory inside assigned BARs.
-pub struct DeviceMemory;
+/// The 32-bit PCI memory window the PCI registry assigns BARs from: the
+/// hole between 3 GiB and the IOAPIC, where q35 and pc put no RAM.
+pub const PCI_WINDOW: (u64, u64) = (0xC000_0000, 0xFEC0_0000 - 0xC000_0000);
+
+/// Uncached access to device memory inside the PCI memory window (the
+/// MSI-X tables and virtio registers of assigned BARs). Accesses outside
+/// the window, or not naturally aligned, touch nothing: reads return all
+/// ones (what an absent device answers) and writes are dropped.
+pub struct DeviceMemory {
+    start: u64,
+    end: u64,
+}
+
+/// Device memory over [`PCI_WINDOW`].
+// SAFETY: `PCI_WINDOW` holds only device BARs on the machines lparos runs
+// on (no RAM, no kernel mapping), so mapping any of it uncached is sound.
+pub const PCI_DEVICE_MEMORY: DeviceMemory = unsafe { DeviceMemory::new(PCI_WINDOW.0, PCI_WINDOW.1) };
 
 impl DeviceMemory {
-    fn ptr(addr: u64, size: u64) -> u64 {
-        paging::map(addr & !0xfff, 4096 + (addr & 0xfff) + size, Access::Mmio).expect("BAR inside the MMIO window");
-        addr
+    /// # Safety
+    /// `[start, start + len)` must be physical device memory that no RAM and
+    /// no other kernel mapping overlaps: every address in it may be mapped
+    /// uncached and read or written.
+    pub const unsafe fn new(start: u64, len: u64) -> Self {
+        DeviceMemory { start, end: start.saturating_add(len) }
+    }
+
+    /// `addr` mapped uncached, or None outside the region or unaligned.
+    fn ptr(&self, addr: u64, size: u64) -> Option<u64> {
+        let inside = addr >= self.start && addr.checked_add(size).is_some_and(|end| end <= self.end);
+        if !inside || !addr.is_multiple_of(size) {
+            log::warn!("device memory access at {addr:#x} ({size} bytes) outside {:#x}..{:#x} dropped", self.start, self.end);
+            return None;
+        }
+        paging::map(addr & !0xfff, 4096 + (addr & 0xfff) + size, Access::Mmio).ok()?;
+        Some(addr)
     }
 }
 
-impl Mmio for DeviceMemory {
+// SAFETY: `ptr` admits only naturally aligned addresses inside the region
+// `new`'s caller vouched for, and maps them uncached before each access.
+unsafe impl Mmio for DeviceMemory {
     fn read32(&self, addr: u64) -> u32 {
-        let p = Self::ptr(addr, 4);
-        // SAFETY: `addr` lies in a BAR the PCI code assigned (callers take it
-        // from the registry), mapped uncached just above; aligned by the callers.
-        unsafe { core::ptr::read_volatile(p as *const u32) }
+        // SAFETY: `ptr` checked and mapped the address (see the impl).
+        self.ptr(addr, 4).map_or(u32::MAX, |p| unsafe { core::ptr::read_volatile(p as *const u32) })
     }
     fn write32(&self, addr: u64, value: u32) {
-        let p = Self::ptr(addr, 4);
-        // SAFETY: as for `read32`.
-        unsafe { core::ptr::write_volatile(p as *mut u32, value) }
+        if let Some(p) = self.ptr(addr, 4) {
+            // SAFETY: as for `read32`.
+            unsafe { core::ptr::write_volatile(p as *mut u32, value) }
+        }
     }
     fn read16(&self, addr: u64) -> u16 {
-        let p = Self::ptr(addr, 2);
         // SAFETY: as for `read32`.
-        unsafe { core::ptr::read_volatile(p as *const u16) }
+        self.ptr(addr, 2).map_or(u16::MAX, |p| unsafe { core::ptr::read_volatile(p as *const u16) })
     }
     fn write16(&self, addr: u64, value: u16) {
-        let p = Self::ptr(addr, 2);
-        // SAFETY: as for `read32`.
-        unsafe { core::ptr::write_volatile(p as *mut u16, value) }
+        if let Some(p) = self.ptr(addr, 2) {
+            // SAFETY: as for `read32`.
+            unsafe { core::ptr::write_volatile(p as *mut u16, value) }
+        }
     }
 }
 
@@ -99,7 +129,13 @@ const CONFIG_DATA: u16 = 0xcfc;
 static MAPPED_BUSES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 impl Ecam {
-    pub fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
+    /// ECAM at `base` for buses `first_bus..=last_bus` (from the MCFG table).
+    ///
+    /// # Safety
+    /// `base` must be the physical start of the ECAM region for exactly those
+    /// buses (1 MiB per bus), device memory that no RAM overlaps: each bus's
+    /// part is mapped uncached and read and written on demand.
+    pub unsafe fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
         Ecam { base, first_bus, last_bus, ports: false }
     }
 
@@ -190,6 +226,10 @@ impl MmioWindow {
 
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The byte at `offset`, or None past the end.

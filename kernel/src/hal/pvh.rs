@@ -80,7 +80,7 @@ impl core::fmt::Display for BootInfoError {
 /// Largest memory map we accept.
 const MAX_MEMMAP_ENTRIES: u32 = 128;
 /// Longest command line read from the loader.
-const MAX_CMDLINE: usize = lparos_kernel::cmdline::MAX_CMDLINE;
+const MAX_CMDLINE: usize = crate::cmdline::MAX_CMDLINE;
 
 /// Read and copy the start info at physical address `addr`.
 ///

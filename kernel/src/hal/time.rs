@@ -6,9 +6,9 @@
 //! a freeze shows up as a jump; code that must not misfire after a freeze
 //! (heartbeats, time-outs) handles that explicitly.
 
+use crate::executor::Clock;
 use crate::hal::arch::x86_64::{boot, cpu, lapic, pit};
 use core::sync::atomic::{AtomicU64, Ordering};
-use lparos_kernel::executor::Clock;
 
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 

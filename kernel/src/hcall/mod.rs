@@ -6,7 +6,10 @@
 //!
 //! Other services use [`call`] (or the typed wrappers) and [`subscribe`].
 
+pub mod spec;
+
 use crate::devices::ConsoleDevice;
+use crate::executor::{timeout, Reactor};
 use crate::runtime::console::{ev, event};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::ToString;
@@ -17,7 +20,6 @@ use core::pin::pin;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Cookie, Event, Name, SlotState};
 use hypercall_client::{Call, CallError, Client, Handle, Mapping, Notice, Placement, Reply, SessionState};
-use lparos_kernel::executor::{timeout, Reactor};
 use spin::{Mutex, Once};
 
 /// Time limit of one call unless the caller says otherwise.

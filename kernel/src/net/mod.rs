@@ -10,6 +10,7 @@
 //! spins. Services see socket changes through a second software vector.
 
 use crate::devices::NetDevice;
+use crate::executor::{timeout, Reactor};
 use crate::hal::time;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -18,7 +19,6 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::Poll;
 use drivers::virtio;
-use lparos_kernel::executor::{timeout, Reactor};
 use smoltcp::iface::{Config, Context, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, udp};
@@ -154,7 +154,7 @@ impl NetStack {
     }
 
     /// A future that resolves at the next socket-state change after this call.
-    pub fn changes(&self) -> lparos_kernel::executor::IrqWait {
+    pub fn changes(&self) -> crate::executor::IrqWait {
         self.reactor.irq(self.changed)
     }
 
@@ -182,7 +182,7 @@ impl NetStack {
                 (iface.poll_delay(now(), sockets), nic.rx_ready())
             };
             if more {
-                lparos_kernel::executor::yield_now().await;
+                crate::executor::yield_now().await;
                 continue;
             }
             let mut sleep = pin!(match delay {

@@ -17,6 +17,7 @@
 //!   so the BARs are freed, `@ev hotplug_remove` and `@ev hotplug_stats`.
 
 use crate::devices::{self, BlockDevice};
+use crate::executor::{timeout, Reactor};
 use crate::hal::arch::x86_64::port;
 use crate::platform::sci;
 use crate::runtime::console::{ev, event};
@@ -28,7 +29,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind};
 use drivers::pcihp::{self, reg, BselEntry};
-use lparos_kernel::executor::{timeout, Reactor};
 use spin::{Mutex, Once};
 
 type AddListener = Box<dyn Fn(Arc<BlockDevice>) + Send + Sync>;

@@ -21,13 +21,13 @@
 //! Handlers run in the SCI task, in thread context; they must be short (the
 //! hot-plug handler only wakes the hot-plug task).
 
+use crate::executor::Reactor;
 use crate::hal::arch::x86_64::{ioapic, lapic, port};
 use crate::platform::acpi::Platform;
 use crate::runtime::console::{ev, event};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use lparos_kernel::executor::Reactor;
 use spin::{Mutex, Once};
 
 /// Vector of the SCI (outside the device allocator's range 0x30..0xEF).

@@ -5,10 +5,10 @@
 //! (S5), after which QEMU exits 0.
 
 use crate::devices;
+use crate::executor::{timeout, Reactor};
 use crate::runtime::console::{ev, event};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
-use lparos_kernel::executor::{timeout, Reactor};
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 

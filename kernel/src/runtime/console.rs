@@ -1,10 +1,10 @@
 //! The console: human-readable log lines (the `log` backend) and
 //! machine-readable event lines (`@ev ...`, see docs/events.md) on COM1.
 
+use crate::event::EventLine;
 use crate::hal::arch::x86_64::{cpu, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
-use lparos_kernel::event::EventLine;
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// A line buffer on the stack: one console write per line.

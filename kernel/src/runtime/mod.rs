@@ -3,11 +3,17 @@
 //! and unit-tested on the host (`lib.rs` declares them from this folder);
 //! the bare-metal side adds the serial console and the boot stage record.
 
+pub mod boot;
+pub mod boot_stages;
+pub mod cmdline;
 pub mod console;
+pub mod event;
+pub mod executor;
+pub mod vectors;
 
-use crate::hal::arch::x86_64::{boot, cpu};
+use crate::hal::arch::x86_64::{boot as entry, cpu};
 use crate::hal::time;
-use lparos_kernel::runtime::boot_stages::{Stage, StageMarks};
+use crate::runtime::boot_stages::{Stage, StageMarks};
 
 static BOOT_STAGES: spin::Mutex<StageMarks> = spin::Mutex::new(StageMarks::new());
 
@@ -20,7 +26,7 @@ pub fn mark_stage(stage: Stage) {
 /// pci_us=.. drivers_us=.. acpi_events_us=..`: how long each boot stage
 /// took (needs the calibrated clock).
 pub fn report_stages() {
-    let durations = BOOT_STAGES.lock().durations(boot::entry_tsc());
+    let durations = BOOT_STAGES.lock().durations(entry::entry_tsc());
     let mut line = console::ev("boot_stages");
     for (stage, ticks) in durations {
         line = line.field(stage.field(), time::tsc_to_ns(ticks) / 1000);

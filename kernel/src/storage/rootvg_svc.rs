@@ -6,14 +6,14 @@
 //! Contract and events: docs/vios.md.
 
 use crate::devices::{self, BlockDevice};
+use crate::executor::Reactor;
+use crate::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
 use crate::runtime::console::{ev, event};
+use crate::writer_log::{self, RECORD_SIZE};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use drivers::virtio;
-use lparos_kernel::executor::Reactor;
-use lparos_kernel::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
-use lparos_kernel::writer_log::{self, RECORD_SIZE};
 use rootvg::{IoError, VolumeGroup};
 use spin::{Mutex, Once};
 
@@ -188,7 +188,7 @@ pub fn writer_stopped() {
 }
 
 /// `vios_test=writer:<seed>`: continuous checked writes to LV `data`
-/// (record format: `lparos_kernel::writer_log`). Returns whether no write
+/// (record format: `crate::writer_log`). Returns whether no write
 /// failed.
 ///
 /// Each record is timed twice: `us` from submission to acknowledgement
@@ -231,7 +231,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
                 break;
             }
         }
-        let ready = crate::time::now_ns();
+        let ready = crate::hal::time::now_ns();
         // PAUSE/RESUME: wait while the storage server is paused; stop for
         // good once it was declared offline (orderly shutdown).
         let Ok(_ticket) = crate::vios::events::enter().await else {
@@ -266,7 +266,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
             break;
         }
         let took_us = reactor.now_ns().saturating_sub(started) / 1000;
-        let held_us = crate::time::now_ns().saturating_sub(ready) / 1000;
+        let held_us = crate::hal::time::now_ns().saturating_sub(ready) / 1000;
         t.max_ack_us = t.max_ack_us.max(took_us);
         window_max_held_us = window_max_held_us.max(held_us);
         t.acked += 1;

@@ -1,7 +1,9 @@
 //! Test behaviours on top of the hypercall service, chosen by
 //! `hcall_test=` (contract in docs/hcall-guest.md).
 
+use crate::executor::{timeout, Reactor};
 use crate::hcall;
+use crate::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
 use crate::runtime::console::{ev, event};
 use alloc::format;
 use alloc::string::String;
@@ -11,8 +13,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_client::hypercall_abi::{Event, MAX_DATA};
 use hypercall_client::{Mapping, Placement};
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
 
 /// Time limit of one poll COPY (a COPY lost with a dying lparhv fails
 /// after this, and the next poll goes to the restarted one).

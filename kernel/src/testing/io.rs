@@ -4,11 +4,11 @@
 
 use crate::devices;
 use crate::runtime::console::{ev, event};
+use crate::testing::spec::parse_disk_test;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
-use lparos_kernel::testing::spec::parse_disk_test;
 
 /// Sectors per disk request batch in the test.
 const BATCH: u64 = 128;
@@ -82,7 +82,7 @@ pub async fn disk_test(spec: String) -> bool {
 
 /// Write `text` + newline to the first virtio console, then read one line
 /// (up to 5 s). Passes when both happened.
-pub async fn console_test(text: String, reactor: alloc::sync::Arc<lparos_kernel::executor::Reactor>) -> bool {
+pub async fn console_test(text: String, reactor: alloc::sync::Arc<crate::executor::Reactor>) -> bool {
     let Some(con) = devices::first_console() else {
         event(ev("console_write").field("ok", 0).field("error", "no virtio console"));
         return false;

@@ -3,20 +3,22 @@
 //! (`hcall`), guest-issued slot commands (`slot`), the disk, console and
 //! hot-plug I/O checks (`io`), and from elsewhere the rootvg writer and
 //! bench modes, the ivshmem check, CPU spin and deliberate faults. The
-//! keys that select them are listed in `lparos_kernel::testing::keys`.
+//! keys that select them are listed in `crate::testing::keys`.
 
 pub mod hcall;
 pub mod io;
+pub mod keys;
 pub mod slot;
+pub mod spec;
 
+use crate::cmdline::Cmdline;
+use crate::executor::Reactor;
 use crate::platform::hotplug;
 use crate::runtime::console;
 use crate::services::spawn_test;
 use crate::storage::rootvg_svc;
 use alloc::string::ToString;
 use alloc::sync::Arc;
-use lparos_kernel::cmdline::Cmdline;
-use lparos_kernel::executor::Reactor;
 
 /// Start every test behaviour the command line asks for. `hcall_started`
 /// is false when `hcall=on` was given and the service failed to start.
@@ -65,7 +67,7 @@ fn start_fault(cmdline: &Cmdline) {
 /// `hcall_test=`: a test behaviour on the hypercall service (contract in
 /// docs/hcall-guest.md).
 fn start_hcall_test(cmdline: &Cmdline, reactor: &Arc<Reactor>, hcall_started: bool) {
-    use lparos_kernel::hcall_spec::{parse_test, HcallTest};
+    use crate::hcall_spec::{parse_test, HcallTest};
     let Some(spec) = cmdline.get("hcall_test") else { return };
     let fail = |detail: &str| {
         console::event(console::ev("hcall_error").field("what", "test").field("detail", detail));

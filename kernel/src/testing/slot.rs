@@ -13,13 +13,13 @@
 //! the last step: `@ev slot_test done=1 steps=<n>`. The guest keeps
 //! running afterwards (this is not a test that ends the guest).
 
+use crate::executor::Reactor;
 use crate::hcall;
 use crate::runtime::console::{ev, event};
+use crate::testing::spec::parse_step;
 use alloc::string::String;
 use alloc::sync::Arc;
 use hypercall_client::hypercall_abi::ReturnCode;
-use lparos_kernel::executor::Reactor;
-use lparos_kernel::testing::spec::parse_step;
 
 const SESSION_WAIT_NS: u64 = 30_000_000_000;
 const IN_USE_RETRY_NS: u64 = 30_000_000_000;

@@ -1,5 +1,5 @@
 //! The storage-server event task (`vios=<server>`, needs `hcall=on`): the
-//! thin async glue around `lparos_kernel::vios_initiator`.
+//! thin async glue around `crate::vios_initiator`.
 //!
 //! * At boot it registers, by REGISTER_EVENTS, every event of `<server>`
 //!   (failure, reboot, power-down, special exception) unless
@@ -14,15 +14,15 @@
 //!   excludes the freeze from reactor time when the clock jumped (KVM),
 //!   asks the rootvg users to re-verify the metadata, prints `@ev thawed`.
 
+use crate::executor::{timeout, Reactor};
 use crate::hcall;
 use crate::runtime::console::{ev, event};
+use crate::vios_initiator::{self, Action, ClockView, GapTracker, Initiator, Input, Limits};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Event, EventMask, Name};
 use hypercall_client::{Call, Reply};
-use lparos_kernel::executor::{timeout, Reactor};
-use lparos_kernel::vios_initiator::{self, Action, ClockView, GapTracker, Initiator, Input, Limits};
 use spin::Mutex;
 
 /// Period of the freeze ticker (what a clock gap is measured against).

@@ -3,3 +3,4 @@
 //! tested) and the task that runs it on the hypercall service (`events`).
 
 pub mod events;
+pub mod initiator;

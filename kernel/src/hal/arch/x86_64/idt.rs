@@ -221,7 +221,7 @@ const EXCEPTION_NAMES: [&str; 32] = [
 extern "C" fn isr_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     match vector {
-        0..=31 => crate::fatal_exception(EXCEPTION_NAMES[vector as usize], frame),
+        0..=31 => crate::runtime::boot::fatal_exception(EXCEPTION_NAMES[vector as usize], frame),
         super::lapic::SPURIOUS_VECTOR => {}
         _ => {
             // Level-triggered lines (the SCI) are masked until their task
