@@ -1,31 +1,37 @@
 //! The 8254 PIT, used once at boot as the reference of known frequency to
-//! calibrate the TSC and the local APIC timer.
+//! calibrate the TSC and the local APIC timer: channel 2 counts down from
+//! 0xffff and the caller latches and reads the count.
 
 use super::port::{inb, outb};
 
 /// PIT input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;
 
-/// Busy-wait `ticks` PIT ticks on channel 2 (gate via port 0x61), calling
-/// `start` right after the count is loaded. Returns false if the PIT never
-/// finished (no PIT): the caller then falls back to another reference.
-pub fn wait_ticks(ticks: u16, start: impl FnOnce()) -> bool {
+/// Start channel 2 counting down from 0xffff (about 55 ms) in mode 0,
+/// gated on, speaker off.
+pub fn start_countdown() {
     let gate = inb(0x61);
-    outb(0x61, (gate & !0x02) | 0x01); // gate on, speaker off
+    outb(0x61, (gate & !0x03) | 0x01); // gate on, speaker off
     outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
-    outb(0x42, ticks as u8);
-    outb(0x42, (ticks >> 8) as u8);
-    // Reload the gate so counting starts now.
-    let g = inb(0x61);
-    outb(0x61, g & !0x01);
-    outb(0x61, g | 0x01);
-    start();
-    let mut spins: u64 = 0;
-    while inb(0x61) & 0x20 == 0 {
-        spins += 1;
-        if spins > 50_000_000 {
-            return false;
-        }
-    }
-    true
+    outb(0x42, 0xff);
+    outb(0x42, 0xff);
+}
+
+/// Freeze channel 2's current count for [`read_latched`]: the count is
+/// the one at this port write, however late it is read.
+pub fn latch() {
+    outb(0x43, 0b1000_0000); // channel 2, counter latch
+}
+
+/// The count frozen by the last [`latch`].
+pub fn read_latched() -> u16 {
+    let lo = inb(0x42) as u16;
+    let hi = inb(0x42) as u16;
+    hi << 8 | lo
+}
+
+/// True once channel 2 has counted down to zero since
+/// [`start_countdown`] (its output goes high in mode 0).
+pub fn expired() -> bool {
+    inb(0x61) & 0x20 != 0
 }
