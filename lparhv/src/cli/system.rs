@@ -287,8 +287,9 @@ fn up(ctx: &Ctx, args: UpArgs) -> Result<()> {
         if let Some(accel) = accel {
             let names: Vec<&str> = config.partitions.iter().map(|p| p.name.as_str()).collect();
             progress::line(&format!("starting {} partition(s) under {accel}: {}", names.len(), names.join(", ")));
+            let marks = progress::ConsoleMarks::take(&config.state_dir, &names);
             daemon.start_partitions(accel, !args.quiet)?;
-            progress::watch_boot(daemon.system().clone());
+            progress::watch_boot(daemon.system().clone(), marks);
         }
         eprintln!(
             "lparhv: serving {} ({}); `lparhv -c {} down` or Ctrl-C stops it",
