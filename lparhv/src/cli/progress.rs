@@ -73,8 +73,10 @@ pub fn watch_boot(system: Shared, marks: ConsoleMarks) {
             let status = lock(&system).status();
             booting.retain(|(name, console, from)| {
                 let Some(p) = status.partitions.iter().find(|p| &p.name == name) else { return false };
+                // The console first: a guest that got ready and ended
+                // between two looks was ready.
                 let what = match &p.runtime {
-                    Runtime::Running { .. } if said_ready(console, *from) => "ready".to_string(),
+                    Runtime::Running { .. } | Runtime::Exited { .. } if said_ready(console, *from) => "ready".to_string(),
                     Runtime::Exited { .. } | Runtime::FailedToStart { .. } => state_words(&p.runtime, p.frozen),
                     _ => return true,
                 };
