@@ -40,19 +40,48 @@ USAGE
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+# Progress: on a terminal the tools show their own (cargo's progress bar,
+# apt's download and unpack lines); without one (CI logs, pipes) they are
+# quiet and each stage is one `==>` line, with a failing tool's output shown.
+if [ -t 2 ]; then ON_TTY=1; CARGO_Q=(); else ON_TTY=0; CARGO_Q=(-q); fi
+
+# Runs a command quietly when not on a terminal: its output goes to a log
+# that is printed only if it fails.
+quiet_unless_tty() {
+    if [ "$ON_TTY" = 1 ]; then
+        "$@"
+        return
+    fi
+    local log rc=0
+    log=$(mktemp)
+    "$@" >"$log" 2>&1 || rc=$?
+    [ $rc = 0 ] || cat "$log" >&2
+    rm -f "$log"
+    return $rc
+}
+
+# apt-get install of the named packages (--no-install-recommends), with
+# sudo when not root; one line before it starts.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "run.sh: need root or sudo to install $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    say "installing $* with apt-get (package lists, then download and unpack: can take minutes)"
+    quiet_unless_tty $sudo env DEBIAN_FRONTEND=noninteractive apt-get update ||
+        { echo "run.sh: apt-get update failed (output above)" >&2; exit 1; }
+    quiet_unless_tty $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" ||
+        { echo "run.sh: apt-get install $* failed (output above)" >&2; exit 1; }
+}
+
 # qemu-system-x86 (QEMU 7.2 on Debian 12) with its qboot firmware.
 setup() {
     if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f /usr/share/qemu/qboot.rom ]; then
         return 0
     fi
-    say "qemu-system-x86 is missing: installing it with apt-get (--no-install-recommends)"
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "run.sh: need root or sudo to install qemu-system-x86" >&2; exit 1; }
-        sudo="sudo"
-    fi
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+    say "qemu-system-x86 is missing"
+    apt_install qemu-system-x86
     command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo "run.sh: qemu-system-x86 did not install" >&2; exit 1; }
     say "installed $(qemu-system-x86_64 --version | head -n1)"
 }
@@ -63,20 +92,20 @@ setup() {
 # `bench boot` uses as its floor. Cargo keeps both kernel builds, so
 # switching between them only relinks.
 build_kernels() {
-    say "building the lparos test image (release, feature test-services)"
-    cargo build --release -q -p lparos-kernel --bin lparos --features test-services
+    say "building kernels: the lparos test image (release, feature test-services)"
+    cargo build --release "${CARGO_Q[@]}" -p lparos-kernel --bin lparos --features test-services
     cp target/release/lparos target/release/lparos-test.new
     mv -f target/release/lparos-test.new target/release/lparos-test
-    say "building the lparos kernel (release)"
-    cargo build --release -q -p lparos-kernel --bin lparos
-    say "building the empty PVH kernel (boot benchmark floor)"
-    cargo build --release -q -p lparos-kernel --bin lparos-empty
+    say "building kernels: the lparos production image (release)"
+    cargo build --release "${CARGO_Q[@]}" -p lparos-kernel --bin lparos
+    say "building kernels: the empty PVH kernel (boot benchmark floor)"
+    cargo build --release "${CARGO_Q[@]}" -p lparos-kernel --bin lparos-empty
 }
 
 build() {
     build_kernels
     say "building lparhv (debug)"
-    cargo build -q -p lparhv
+    cargo build "${CARGO_Q[@]}" -p lparhv
 }
 
 # Benchmarks time lparhv's own work (the hypercall daemon, QMP, the event
@@ -84,7 +113,7 @@ build() {
 build_bench() {
     build_kernels
     say "building lparhv (release, for benchmarks)"
-    cargo build --release -q -p lparhv
+    cargo build --release "${CARGO_Q[@]}" -p lparhv
 }
 
 # --- fuzz: libFuzzer targets in fuzz/ (docs/fuzzing.md) --------------------
@@ -93,11 +122,8 @@ FUZZ_TARGETS="hcall_frames hcall_messages rootvg_label rootvg_metadata config qm
 # libFuzzer itself is C++, built by the libfuzzer-sys crate.
 fuzz_setup() {
     command -v c++ >/dev/null 2>&1 && return 0
-    say "a C++ compiler is missing (libFuzzer is C++): installing g++ with apt-get"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ >/dev/null
+    say "a C++ compiler is missing (libFuzzer is C++)"
+    apt_install g++
 }
 
 # Stable Rust: SanitizerCoverage through codegen flags, no ASan (safe Rust;
@@ -111,7 +137,7 @@ fuzz_build() {
     RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks" \
-        cargo build --release -q --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --target "$FUZZ_HOST"
+        cargo build --release "${CARGO_Q[@]}" --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --target "$FUZZ_HOST"
 }
 
 # Runs one target for $1 seconds; prints executions, coverage and the result.
@@ -167,13 +193,29 @@ fuzz() {
 # cannot be checked with --all-targets: their test harness would link std's
 # panic handler beside the kernel's own.)
 lint() {
-    say "checking formatting (cargo fmt --check)"
+    say "checking format (cargo fmt --check)"
     cargo fmt --all --check || { echo "run.sh: run 'cargo fmt --all' and commit the result" >&2; exit 1; }
-    say "checking lints (cargo clippy, warnings are errors)"
-    cargo clippy -q --workspace --exclude lparos-kernel --all-targets -- -D warnings
-    cargo clippy -q -p lparos-kernel --lib --tests -- -D warnings
-    cargo clippy -q -p lparos-kernel --bins -- -D warnings
-    cargo clippy -q -p lparos-kernel --bins --features test-services -- -D warnings
+    say "clippy (warnings are errors): host crates and tests"
+    cargo clippy "${CARGO_Q[@]}" --workspace --exclude lparos-kernel --all-targets -- -D warnings
+    say "clippy: the kernel's library and both kernel images"
+    cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --lib --tests -- -D warnings
+    cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --bins -- -D warnings
+    cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --bins --features test-services -- -D warnings
+}
+
+# Every test, in phases: unit tests (seconds), the doc tests, then the
+# integration tests (property tests and QEMU guests under lparhv: minutes).
+# cargo test -q still prints one dot per test, so a phase is never silent.
+# (The kernel's binaries are left out: explicit --bins would build their
+# test harness despite `test = false`.)
+run_tests() {
+    say "running tests: unit tests"
+    cargo test -q --workspace --lib -- --test-threads=2
+    cargo test -q --workspace --exclude lparos-kernel --bins -- --test-threads=2
+    say "running tests: doc tests"
+    cargo test -q --workspace --doc
+    say "running tests: integration tests (QEMU partitions; takes minutes)"
+    cargo test -q --workspace --test '*' -- --test-threads=2
 }
 
 export LPAROS_KERNEL="$PWD/target/release/lparos"
@@ -196,8 +238,7 @@ case "$cmd" in
         [ $# -eq 0 ] || { echo "run.sh test takes no options" >&2; usage >&2; exit 2; }
         setup; build
         lint
-        say "running all tests"
-        cargo test -q --workspace -- --test-threads=2 ;;
+        run_tests ;;
     bench)
         [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug, hcall, vios)" >&2; usage >&2; exit 2; }
         setup; build_bench

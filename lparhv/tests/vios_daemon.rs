@@ -154,7 +154,7 @@ fn configured_vios_restart_and_crash_through_the_control_socket() {
         loop {
             let st: StatusView = serde_json::from_value(control::call(&control, &ControlRequest::Status).unwrap()).unwrap();
             match &st.partitions.iter().find(|p| p.name == "vd1").unwrap().runtime {
-                Runtime::Exited { how } => {
+                Runtime::Exited { how, .. } => {
                     assert_eq!(how, "Code(0)", "the guest ended successfully");
                     break;
                 }

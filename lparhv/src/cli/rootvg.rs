@@ -1,9 +1,9 @@
 //! `lparhv rootvg create|inspect|check`: host tooling for rootvg images
 //! (format: docs/rootvg.md), a thin front end to `rootvg::host`.
 
+use super::out;
 use anyhow::{anyhow, Result};
 use clap::{Args, Subcommand};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -23,36 +23,35 @@ enum Which {
     },
     /// Show the label, both metadata slots and the LVs (best effort on
     /// damaged images).
-    Inspect {
-        image: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect { image: PathBuf },
     /// Validate everything. Exit status 0: clean; 2: activates but degraded
     /// (warnings); 1: does not activate (or the file cannot be read).
-    Check {
-        image: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Check { image: PathBuf },
 }
 
-pub fn run(args: RootvgArgs) -> Result<()> {
+impl RootvgArgs {
+    /// inspect and check print JSON with --json.
+    pub fn has_json_output(&self) -> bool {
+        !matches!(self.which, Which::Create { .. })
+    }
+}
+
+/// Runs the command; `json` (the global --json) makes inspect and check print JSON.
+pub fn run(args: RootvgArgs, json: bool) -> Result<()> {
     match args.which {
         Which::Create { spec, image } => {
             let inspection = rootvg::host::create_image_from_toml(&spec, &image).map_err(|e| anyhow!("{e}"))?;
-            out(&inspection.to_string());
+            out(inspection.to_string().as_bytes());
             Ok(())
         }
-        Which::Inspect { image, json } => {
+        Which::Inspect { image } => {
             let i = rootvg::host::inspect(&image).map_err(|e| anyhow!("{e}"))?;
-            out(&if json { i.to_json() + "\n" } else { i.to_string() });
+            out((if json { i.to_json() + "\n" } else { i.to_string() }).as_bytes());
             Ok(())
         }
-        Which::Check { image, json } => {
+        Which::Check { image } => {
             let report = rootvg::host::check(&image).map_err(|e| anyhow!("{e}"))?;
-            out(&if json { report.to_json() + "\n" } else { report.to_string() });
+            out((if json { report.to_json() + "\n" } else { report.to_string() }).as_bytes());
             let code = match (report.activates, report.is_clean()) {
                 (true, true) => 0,
                 (true, false) => 2,
@@ -64,10 +63,4 @@ pub fn run(args: RootvgArgs) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Print to stdout; a closed pipe (`| head`) is not an error.
-fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }

@@ -2,7 +2,7 @@
 //! partition commands of seed 004 (Figure 3) as the operator, against a
 //! running system (docs/slots.md).
 
-use super::system::Target;
+use super::Ctx;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use lparhv::control::{self, ControlRequest};
@@ -21,18 +21,13 @@ pub enum SlotCommand {
     /// Set a partition's CPU share in percent (cgroup quota and weight).
     CpuShare(ShareArgs),
     /// Show the slot allocation table.
-    Slots(ListArgs),
+    Slots,
 }
 
 #[derive(Args)]
 pub struct PartitionArgs {
     /// The partition.
     partition: String,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -42,11 +37,6 @@ pub struct SlotArgs {
     /// The partition to connect it to (add-pci) or take it from (rem-pci).
     #[arg(long, short = 'p')]
     partition: String,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -55,27 +45,13 @@ pub struct ShareArgs {
     partition: String,
     /// Percent of its vCPUs' time, 1..=100 (seed 004: 90 active, 10 standby).
     percent: u8,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
 }
 
-#[derive(Args)]
-pub struct ListArgs {
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
-}
-
-fn command(target: &Target, cmd: Command, json: bool) -> Result<()> {
-    let reply = control::request(&target.socket()?, &ControlRequest::Partition(cmd))?;
+fn command(ctx: &Ctx, cmd: Command) -> Result<()> {
+    let reply = control::request(&ctx.target.socket()?, &ControlRequest::Partition(cmd))?;
     let outcome: Option<Outcome> = reply.result.clone().and_then(|v| serde_json::from_value(v).ok());
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reply.result.unwrap_or_default())?);
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&reply.result.clone().unwrap_or_default())?);
     } else if let Some(o) = &outcome {
         println!(
             "{} {}{}: {} ({} ms) {}",
@@ -87,23 +63,20 @@ fn command(target: &Target, cmd: Command, json: bool) -> Result<()> {
             o.message
         );
     }
-    if reply.ok {
-        Ok(())
-    } else {
-        anyhow::bail!("{}", reply.error.unwrap_or_else(|| "refused".into()))
-    }
+    reply.into_result()?;
+    Ok(())
 }
 
-pub fn run(cmd: SlotCommand) -> Result<()> {
+pub fn run(ctx: &Ctx, cmd: SlotCommand) -> Result<()> {
     match cmd {
-        SlotCommand::Deact(a) => command(&a.target, Command::Deact { partition: a.partition }, a.json),
-        SlotCommand::Act(a) => command(&a.target, Command::Act { partition: a.partition }, a.json),
-        SlotCommand::AddPci(a) => command(&a.target, Command::AddPci { slot: a.slot, partition: a.partition }, a.json),
-        SlotCommand::RemPci(a) => command(&a.target, Command::RemPci { slot: a.slot, partition: a.partition }, a.json),
-        SlotCommand::CpuShare(a) => command(&a.target, Command::SetCpuShare { percent: a.percent, partition: a.partition }, a.json),
-        SlotCommand::Slots(a) => {
-            let v = control::call(&a.target.socket()?, &ControlRequest::Slots)?;
-            if a.json {
+        SlotCommand::Deact(a) => command(ctx, Command::Deact { partition: a.partition }),
+        SlotCommand::Act(a) => command(ctx, Command::Act { partition: a.partition }),
+        SlotCommand::AddPci(a) => command(ctx, Command::AddPci { slot: a.slot, partition: a.partition }),
+        SlotCommand::RemPci(a) => command(ctx, Command::RemPci { slot: a.slot, partition: a.partition }),
+        SlotCommand::CpuShare(a) => command(ctx, Command::SetCpuShare { percent: a.percent, partition: a.partition }),
+        SlotCommand::Slots => {
+            let v = control::call(&ctx.target.socket()?, &ControlRequest::Slots)?;
+            if ctx.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let rows: Vec<SlotView> = serde_json::from_value(v)?;

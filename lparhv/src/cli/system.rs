@@ -2,16 +2,18 @@
 //! a managed system from its TOML config and play the owner role on it.
 //! Everything but `up` talks to the running daemon over its control socket.
 
-use super::{interrupted, Ctx};
-use anyhow::{bail, Context, Result};
+use super::exit::UsageError;
+use super::{choose_accel, interrupted, progress, status, Ctx};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::config::SystemConfig;
 use lparhv::control::{self, ControlRequest};
 use lparhv::daemon::Daemon;
-use lparhv::machine::qemu::{self, AccelChoice};
+use lparhv::machine::qemu::AccelChoice;
 use lparhv::owner::OsCookieSource;
 use lparhv::state::control_socket_path;
 use lparhv::state::{GrantView, LogEntry, RescindView, ResourceView, StatusView};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,36 +23,44 @@ pub enum SystemCommand {
     /// start every partition under QEMU and serve until `down` or Ctrl-C.
     Up(UpArgs),
     /// Show the partitions of the running system.
-    Status(StatusArgs),
+    Status,
     /// Stop the running system (kills its partitions).
-    Down(Target),
+    Down,
     /// Grant (part of) an owner resource to a partition; prints the cookie.
     Grant(GrantArgs),
     /// Rescind a grant the owner made (normal: only after the client returned).
     Rescind(RescindArgs),
     /// List the owner's resources and their grants.
-    Resources(JsonArgs),
+    Resources,
     /// Show the recent event log.
     Events(EventsArgs),
 }
 
-/// Which running system to talk to.
-#[derive(Args, Clone)]
+impl SystemCommand {
+    pub fn has_json_output(&self) -> bool {
+        !matches!(self, SystemCommand::Up(_) | SystemCommand::Down)
+    }
+}
+
+/// Which running system to talk to: the global `--config`/`--control`.
+#[derive(Clone, Default)]
 pub struct Target {
     /// The system's config file (its state_dir holds the control socket).
     /// Default: $LPARHV_CONFIG.
-    #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// The control socket itself (instead of --config). Default: $LPARHV_CONTROL.
-    #[arg(long)]
-    control: Option<PathBuf>,
+    pub control: Option<PathBuf>,
 }
 
 impl Target {
+    /// `--config`, else $LPARHV_CONFIG.
+    fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from))
+    }
+
     /// The state directory, when a config names it.
     fn state_dir(&self) -> Result<Option<PathBuf>> {
-        let config = self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from));
-        match config {
+        match self.config_file() {
             Some(path) => Ok(Some(SystemConfig::load(&path)?.state_dir)),
             None => Ok(self.control.as_ref().and_then(|c| c.parent().map(PathBuf::from))),
         }
@@ -60,22 +70,23 @@ impl Target {
         if let Some(c) = &self.control {
             return Ok(c.clone());
         }
-        let config = self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from));
-        if let Some(path) = config {
+        if let Some(path) = self.config_file() {
             let config = SystemConfig::load(&path)?;
             return Ok(control_socket_path(&config.state_dir));
         }
         if let Some(c) = std::env::var_os("LPARHV_CONTROL") {
             return Ok(c.into());
         }
-        bail!("which system? pass --config <file.toml> (or --control <socket>, or set LPARHV_CONFIG)")
+        Err(UsageError("which system? pass --config <file.toml> (or --control <socket>, or set LPARHV_CONFIG)".into()).into())
     }
 }
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// The system's TOML config (e.g. images/two-lpars.toml).
-    config: PathBuf,
+    /// The system's TOML config (e.g. images/two-lpars.toml); or give it
+    /// with --config / $LPARHV_CONFIG.
+    #[arg(value_name = "CONFIG")]
+    file: Option<PathBuf>,
     /// Only validate the config and print what would start.
     #[arg(long)]
     check: bool,
@@ -87,22 +98,18 @@ pub struct UpArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-pub struct JsonArgs {
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
+impl UpArgs {
+    /// The config file: the argument, --config or $LPARHV_CONFIG (two different ones are refused).
+    fn config_file(&self, target: &Target) -> Result<PathBuf, UsageError> {
+        match (&self.file, target.config_file()) {
+            (Some(file), Some(other)) if target.config.is_some() && *file != other => {
+                Err(UsageError(format!("two configs: {} and --config {}; give one", file.display(), other.display())))
+            }
+            (Some(file), _) => Ok(file.clone()),
+            (None, Some(file)) => Ok(file),
+            (None, None) => Err(UsageError("which config? `lparhv up <file.toml>` or `lparhv -c <file.toml> up`".into())),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -118,11 +125,6 @@ pub struct GrantArgs {
     /// Bytes to grant (multiple of 4096; default: to the end).
     #[arg(long)]
     length: Option<u64>,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
@@ -135,55 +137,36 @@ pub struct RescindArgs {
     /// Take it even if the client still uses it (its later calls get H_RESCINDED).
     #[arg(long)]
     force: bool,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args)]
 pub struct EventsArgs {
-    #[command(flatten)]
-    target: Target,
     /// How many of the most recent events.
     #[arg(long, default_value_t = 50)]
     limit: usize,
-    /// Machine-readable output (JSON).
-    #[arg(long)]
-    json: bool,
+}
+
+/// Prints the daemon's result as JSON.
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
+    let target = &ctx.target;
     match cmd {
         SystemCommand::Up(args) => up(ctx, args),
-        SystemCommand::Status(a) => {
-            let v = control::call(&a.target.socket()?, &ControlRequest::Status)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let s: StatusView = serde_json::from_value(v)?;
-                println!("system {} (owner {}, state {}), {} grants", s.system, s.owner, s.state_dir.display(), s.grants);
-                println!("cpu shares: {}", s.cpu_control);
-                println!("{:<12} {:>3} {:>4} {:<8} {:<28} {:>8}  qemu", "partition", "id", "gen", "role", "channel", "mappings");
-                for p in s.partitions {
-                    println!(
-                        "{:<12} {:>3} {:>4} {:<8} {:<28} {:>8}  {:?}{}",
-                        p.name,
-                        p.id,
-                        p.generation,
-                        p.role,
-                        p.channel,
-                        p.mappings,
-                        p.runtime,
-                        if p.recovering { " (owner recovery)" } else { "" }
-                    );
-                }
+        SystemCommand::Status => {
+            let v = control::call(&target.socket()?, &ControlRequest::Status)?;
+            if ctx.json {
+                return print_json(&v);
             }
+            let s: StatusView = serde_json::from_value(v)?;
+            print!("{}", status::render_text(&s));
             Ok(())
         }
-        SystemCommand::Down(t) => {
-            match control::call(&t.socket()?, &ControlRequest::Down) {
+        SystemCommand::Down => {
+            match control::call(&target.socket()?, &ControlRequest::Down) {
                 Ok(_) => {
                     println!("lparhv: shutdown requested");
                     Ok(())
@@ -191,7 +174,7 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
                 Err(e) => {
                     // No daemon (lparhv was killed): its partitions may still
                     // run detached; kill them from their run records.
-                    let Some(state_dir) = t.state_dir()? else { return Err(e) };
+                    let Some(state_dir) = target.state_dir()? else { return Err(e) };
                     let killed = lparhv::machine::detached::kill_all_recorded(&state_dir);
                     println!("lparhv: no daemon ({e:#}); killed {} recorded partition(s): {}", killed.len(), killed.join(", "));
                     Ok(())
@@ -200,66 +183,62 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
         }
         SystemCommand::Grant(a) => {
             let req = ControlRequest::Grant { resource: a.resource, to: a.to, offset: a.offset, length: a.length };
-            let v = control::call(&a.target.socket()?, &req)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let g: GrantView = serde_json::from_value(v)?;
-                println!("{}", g.cookie);
-                eprintln!("granted {} bytes of {} at offset {:#x} to {} (grant {})", g.length, g.resource, g.offset, g.client, g.grant);
+            let v = control::call(&target.socket()?, &req)?;
+            if ctx.json {
+                return print_json(&v);
             }
+            let g: GrantView = serde_json::from_value(v)?;
+            println!("{}", g.cookie);
+            eprintln!("granted {} bytes of {} at offset {:#x} to {} (grant {})", g.length, g.resource, g.offset, g.client, g.grant);
             Ok(())
         }
         SystemCommand::Rescind(a) => {
             let req = ControlRequest::Rescind { cookie: a.cookie, partition: a.partition, force: a.force };
-            let v = control::call(&a.target.socket()?, &req)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            let v = control::call(&target.socket()?, &req)?;
+            if ctx.json {
+                return print_json(&v);
+            }
+            let r: RescindView = serde_json::from_value(v)?;
+            if r.torn_down.is_empty() {
+                println!("{}: already rescinded (nothing to do)", r.cookie);
             } else {
-                let r: RescindView = serde_json::from_value(v)?;
-                if r.torn_down.is_empty() {
-                    println!("{}: already rescinded (nothing to do)", r.cookie);
-                } else {
-                    println!("{}: rescinded{}: {}", r.cookie, if r.force { " (forced)" } else { "" }, r.torn_down.join(", "));
-                }
+                println!("{}: rescinded{}: {}", r.cookie, if r.force { " (forced)" } else { "" }, r.torn_down.join(", "));
             }
             Ok(())
         }
-        SystemCommand::Resources(a) => {
-            let v = control::call(&a.target.socket()?, &ControlRequest::Resources)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let rs: Vec<ResourceView> = serde_json::from_value(v)?;
-                for r in rs {
-                    println!("{} ({} bytes of {}, owner {}, {}) file {}", r.name, r.size, r.kind, r.owner, r.state, r.file.display());
-                    for g in r.grants {
-                        println!(
-                            "  {} grant {} {} -> {} [{:#x}, +{:#x}) owner {} client {}{}",
-                            g.cookie,
-                            g.grant,
-                            g.granter,
-                            g.client,
-                            g.offset,
-                            g.length,
-                            g.owner_state,
-                            g.client_state,
-                            g.laddr.map(|l| format!(" at {l:#x}")).unwrap_or_default()
-                        );
-                    }
+        SystemCommand::Resources => {
+            let v = control::call(&target.socket()?, &ControlRequest::Resources)?;
+            if ctx.json {
+                return print_json(&v);
+            }
+            let rs: Vec<ResourceView> = serde_json::from_value(v)?;
+            for r in rs {
+                println!("{} ({} bytes of {}, owner {}, {}) file {}", r.name, r.size, r.kind, r.owner, r.state, r.file.display());
+                for g in r.grants {
+                    println!(
+                        "  {} grant {} {} -> {} [{:#x}, +{:#x}) owner {} client {}{}",
+                        g.cookie,
+                        g.grant,
+                        g.granter,
+                        g.client,
+                        g.offset,
+                        g.length,
+                        g.owner_state,
+                        g.client_state,
+                        g.laddr.map(|l| format!(" at {l:#x}")).unwrap_or_default()
+                    );
                 }
             }
             Ok(())
         }
         SystemCommand::Events(a) => {
-            let v = control::call(&a.target.socket()?, &ControlRequest::Events { limit: Some(a.limit) })?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let es: Vec<LogEntry> = serde_json::from_value(v)?;
-                for e in es {
-                    println!("{:>6} {} {:<14} {:<10} {}", e.seq, e.time_ms, e.kind, e.partition.unwrap_or_default(), e.detail);
-                }
+            let v = control::call(&target.socket()?, &ControlRequest::Events { limit: Some(a.limit) })?;
+            if ctx.json {
+                return print_json(&v);
+            }
+            let es: Vec<LogEntry> = serde_json::from_value(v)?;
+            for e in es {
+                println!("{:>6} {} {:<14} {:<10} {}", e.seq, e.time_ms, e.kind, e.partition.unwrap_or_default(), e.detail);
             }
             Ok(())
         }
@@ -276,15 +255,16 @@ fn init_logging() {
 }
 
 fn up(ctx: &Ctx, args: UpArgs) -> Result<()> {
+    let config_file = args.config_file(&ctx.target)?;
     init_logging();
-    let config = SystemConfig::load(&args.config)?;
+    let config = SystemConfig::load(&config_file)?;
     if !args.no_start {
         config.check_files()?;
     }
     if args.check {
         println!(
             "{}: valid; {} partitions, {} owner regions, state in {}",
-            args.config.display(),
+            config_file.display(),
             config.partitions.len(),
             config.owner.memory.len(),
             config.state_dir.display()
@@ -299,21 +279,23 @@ fn up(ctx: &Ctx, args: UpArgs) -> Result<()> {
             forced => forced,
         };
         let image = config.partitions.first().map(|p| p.image.clone()).unwrap_or_else(|| ctx.kernel.clone());
-        let d = qemu::choose_accel(choice, &image)?;
-        eprintln!("lparhv: accelerator {} ({})", d.accel, d.reason);
-        Some(d.accel)
+        Some(choose_accel(choice, &image)?.accel)
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let mut daemon = Daemon::start(&config, Box::new(OsCookieSource)).await.context("starting the daemon")?;
         if let Some(accel) = accel {
+            let names: Vec<&str> = config.partitions.iter().map(|p| p.name.as_str()).collect();
+            progress::line(&format!("starting {} partition(s) under {accel}: {}", names.len(), names.join(", ")));
+            let marks = progress::ConsoleMarks::take(&config.state_dir, &names);
             daemon.start_partitions(accel, !args.quiet)?;
+            progress::watch_boot(daemon.system().clone(), marks);
         }
         eprintln!(
-            "lparhv: serving {} ({}); `lparhv down --config {}` or Ctrl-C stops it",
+            "lparhv: serving {} ({}); `lparhv -c {} down` or Ctrl-C stops it",
             config.name,
             daemon.control_socket().display(),
-            args.config.display()
+            config_file.display()
         );
         let ctrl_c = async {
             while !interrupted() {

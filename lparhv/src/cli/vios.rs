@@ -11,8 +11,7 @@
 //! planned restart, SIGUSR2 a SIGKILL with the server back after `--down`
 //! seconds.
 
-use super::interrupted;
-use super::system::Target;
+use super::{interrupted, Ctx};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::control::{self, ControlRequest, ViosAction};
@@ -52,23 +51,12 @@ enum Which {
     /// a `serve`'s crash).
     Crash(Disturb),
     /// The running system's storage servers and their partitions.
-    List {
-        #[command(flatten)]
-        target: Target,
-        /// Machine-readable output (JSON).
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Args)]
 struct Disturb {
     name: String,
-    #[command(flatten)]
-    target: Target,
-    /// Machine-readable output (JSON): the daemon's report.
-    #[arg(long)]
-    json: bool,
 }
 
 fn default_dir() -> PathBuf {
@@ -89,14 +77,21 @@ fn pid_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.pid"))
 }
 
-pub fn run(args: ViosArgs) -> Result<()> {
+impl ViosArgs {
+    /// Every action but `serve` works on a running system (and reports in JSON with --json).
+    pub fn names_a_system(&self) -> bool {
+        !matches!(self.which, Which::Serve { .. })
+    }
+}
+
+pub fn run(ctx: &Ctx, args: ViosArgs) -> Result<()> {
     match args.which {
         Which::Serve { name, luns, down } => serve(&args.dir, &name, &luns, down),
-        Which::Restart(d) => disturb(&args.dir, d, ViosAction::Restart),
-        Which::Crash(d) => disturb(&args.dir, d, ViosAction::Crash),
-        Which::List { target, json } => {
-            let v = control::call(&target.socket()?, &ControlRequest::Vios { action: ViosAction::List, name: None })?;
-            if json {
+        Which::Restart(d) => disturb(ctx, &args.dir, d, ViosAction::Restart),
+        Which::Crash(d) => disturb(ctx, &args.dir, d, ViosAction::Crash),
+        Which::List => {
+            let v = control::call(&ctx.target.socket()?, &ControlRequest::Vios { action: ViosAction::List, name: None })?;
+            if ctx.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
@@ -122,8 +117,8 @@ pub fn run(args: ViosArgs) -> Result<()> {
 }
 
 /// restart/crash: to the daemon when a system is named, else to a `serve`.
-fn disturb(dir: &Path, d: Disturb, action: ViosAction) -> Result<()> {
-    let socket = match d.target.socket() {
+fn disturb(ctx: &Ctx, dir: &Path, d: Disturb, action: ViosAction) -> Result<()> {
+    let socket = match ctx.target.socket() {
         Ok(s) => s,
         Err(no_system) => {
             if pid_file(dir, &d.name).is_file() {
@@ -134,7 +129,7 @@ fn disturb(dir: &Path, d: Disturb, action: ViosAction) -> Result<()> {
         }
     };
     let r = control::call(&socket, &ControlRequest::Vios { action, name: Some(d.name.clone()) })?;
-    if d.json {
+    if ctx.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print_report(&r);

@@ -62,7 +62,10 @@ pub fn handle(services: &Operated, request: &ControlRequest) -> ControlReply {
             };
             let name = match (action, name) {
                 (ViosAction::List, _) => return ControlReply::ok(servers.view(system)),
-                (_, Some(n)) => n,
+                (_, Some(n)) => match servers.unknown(n) {
+                    Some(why) => return ControlReply::err(why, Some(hypercall_abi::ReturnCode::NotFound.raw())),
+                    None => n,
+                },
                 (_, None) => {
                     return ControlReply::err("vios restart/crash needs a name".into(), Some(hypercall_abi::ReturnCode::Parameter.raw()))
                 }

@@ -16,7 +16,7 @@ use super::qmp::Qmp;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +102,8 @@ pub struct Detached {
     /// Present when this lparhv started it (and must reap it).
     child: Option<Child>,
     exit: Option<String>,
+    /// How it ended, when this lparhv reaped it.
+    exit_status: Option<GuestExit>,
     pub reattached: bool,
 }
 
@@ -148,7 +150,7 @@ impl Detached {
             started_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
         };
         record.save(state_dir)?;
-        Ok(Detached { name: spec.name.clone(), record, child: Some(child), exit: None, reattached: false })
+        Ok(Detached { name: spec.name.clone(), record, child: Some(child), exit: None, exit_status: None, reattached: false })
     }
 
     /// Takes over a partition a previous lparhv started: its process must
@@ -161,7 +163,7 @@ impl Detached {
             Qmp::connect(&record.qmp, Duration::from_secs(3)).with_context(|| format!("connecting to QMP {}", record.qmp.display()))?;
         let (status, running) = qmp.query_status().context("QMP query-status")?;
         tracing::info!(partition = %record.name, pid = record.pid, status, running, "reattached to QMP");
-        Ok(Detached { name: record.name.clone(), record, child: None, exit: None, reattached: true })
+        Ok(Detached { name: record.name.clone(), record, child: None, exit: None, exit_status: None, reattached: true })
     }
 
     pub fn pid(&self) -> u32 {
@@ -177,14 +179,9 @@ impl Detached {
             Some(child) => match child.try_wait() {
                 Ok(None) => true,
                 Ok(Some(status)) => {
-                    let how = match (status.code(), status.signal()) {
-                        (Some(0), _) => GuestExit::PoweredOff,
-                        (Some(c), _) if c % 2 == 1 => GuestExit::Code((c as u32 - 1) / 2),
-                        (Some(c), _) => GuestExit::QemuError(c),
-                        (None, Some(s)) => GuestExit::Signal(s),
-                        (None, None) => GuestExit::QemuError(-1),
-                    };
+                    let how = GuestExit::from_status(status);
                     self.exit = Some(format!("{how:?}"));
+                    self.exit_status = Some(how);
                     false
                 }
                 Err(e) => {
@@ -206,6 +203,12 @@ impl Detached {
 
     pub fn exit(&self) -> Option<&str> {
         self.exit.as_deref()
+    }
+
+    /// How it ended, when lparhv reaped it itself (None while it runs and
+    /// for a reattached partition).
+    pub fn exit_status(&self) -> Option<GuestExit> {
+        self.exit_status
     }
 
     /// SIGKILL and reap (when ours); forget the record.

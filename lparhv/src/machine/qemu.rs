@@ -215,8 +215,10 @@ impl GuestSpec {
     }
 }
 
-/// How a guest ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a guest ended (in `lparhv status --json`: `"powered_off"`,
+/// `{"code": 0}`, `{"qemu_error": 1}`, `{"signal": 9}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GuestExit {
     /// The guest wrote this code to isa-debug-exit (0 = success).
     Code(u32),
@@ -229,7 +231,7 @@ pub enum GuestExit {
 }
 
 impl GuestExit {
-    fn from_status(status: ExitStatus) -> Self {
+    pub(crate) fn from_status(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(0), _) => GuestExit::PoweredOff,
             (Some(c), _) if c % 2 == 1 => GuestExit::Code((c as u32 - 1) / 2),
@@ -430,17 +432,22 @@ pub fn kvm_device_usable() -> Result<(), String> {
 /// instruction emulator lacks SSE, is rejected) and falls back to TCG. The
 /// environment variable `LPAROS_ACCEL` (auto, kvm, tcg) overrides `choice`.
 pub fn choose_accel(choice: AccelChoice, kernel: &Path) -> Result<AccelDecision> {
-    let choice = match std::env::var("LPAROS_ACCEL") {
-        Ok(v) if !v.is_empty() => v.parse().context("LPAROS_ACCEL")?,
-        _ => choice,
-    };
-    match choice {
+    match effective_choice(choice)? {
         AccelChoice::Force(Accel::Tcg) => Ok(AccelDecision { accel: Accel::Tcg, reason: "forced".into() }),
         AccelChoice::Force(Accel::Kvm) => {
             kvm_device_usable().map_err(|e| anyhow!("KVM was requested but {e}"))?;
             Ok(AccelDecision { accel: Accel::Kvm, reason: "forced".into() })
         }
         AccelChoice::Auto => Ok(probe_kvm(kernel)),
+    }
+}
+
+/// `choice`, unless LPAROS_ACCEL overrides it: what [`choose_accel`]
+/// acts on (`Auto` means a KVM probe boot).
+pub fn effective_choice(choice: AccelChoice) -> Result<AccelChoice> {
+    match std::env::var("LPAROS_ACCEL") {
+        Ok(v) if !v.is_empty() => v.parse().context("LPAROS_ACCEL"),
+        _ => Ok(choice),
     }
 }
 

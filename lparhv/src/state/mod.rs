@@ -14,6 +14,7 @@ use self::codes::{return_code, store_code};
 use self::memory::{MemoryRegions, Region};
 pub use self::paths::{control_socket_path, hcall_socket_path};
 use crate::config::SystemConfig;
+use crate::machine::qemu::GuestExit;
 use crate::owner::{Access, ClientState, OwnerState};
 use crate::owner::{
     Cookie, CookieSource, GrantRequest, GrantSource, MappingState, Millis, OwnerStore, OwnerTable, PartitionId, PartitionRef, Placement,
@@ -154,6 +155,10 @@ pub enum Runtime {
     },
     Exited {
         how: String,
+        /// How it ended, when lparhv saw its exit status (it was lparhv's
+        /// child); None for a reattached partition, whose status is unknown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit: Option<GuestExit>,
     },
     FailedToStart {
         error: String,
@@ -171,6 +176,10 @@ pub struct PartitionStatusView {
     pub socket: PathBuf,
     pub runtime: Runtime,
     pub mappings: usize,
+    /// Its vCPUs are stopped by the NPIV freeze (docs/vios.md) until its
+    /// storage server is back.
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +299,8 @@ pub struct System {
     resource_ids: HashMap<String, ResourceId>,
     sessions: HashMap<PartitionId, SessionLink>,
     runtime: BTreeMap<PartitionId, Runtime>,
+    /// Partitions whose vCPUs the NPIV freeze has stopped.
+    frozen: BTreeSet<PartitionId>,
     events: VecDeque<LogEntry>,
     next_seq: u64,
     host_session: u64,
@@ -423,6 +434,7 @@ impl System {
             resource_ids,
             sessions: HashMap::new(),
             runtime,
+            frozen: BTreeSet::new(),
             events: VecDeque::new(),
             next_seq: 1,
             host_session,
@@ -499,6 +511,15 @@ impl System {
     /// Pushes an event to a partition's channel (for other modules).
     pub fn push_event(&mut self, to: PartitionId, event: Event) {
         self.push(to, event);
+    }
+
+    /// Records that the NPIV freeze stopped (true) or thawed (false) the partition's vCPUs.
+    pub fn set_frozen(&mut self, id: PartitionId, frozen: bool) {
+        if frozen {
+            self.frozen.insert(id);
+        } else {
+            self.frozen.remove(&id);
+        }
     }
 
     pub fn set_runtime(&mut self, id: PartitionId, state: Runtime) {
@@ -1000,6 +1021,7 @@ impl System {
                     socket: p.socket.clone(),
                     runtime: self.runtime.get(id).cloned().unwrap_or(Runtime::NotStarted),
                     mappings: record.map_or(0, |r| r.l2p.len()),
+                    frozen: self.frozen.contains(id),
                 }
             })
             .collect();

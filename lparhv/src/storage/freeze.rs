@@ -90,7 +90,10 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
     let mut frozen = Vec::new();
     for (id, name) in &targets {
         let at = realtime_ns();
-        lock(system).push_event(*id, Event::Frozen { server: wire, cause, host_time_ns: at });
+        let mut sys = lock(system);
+        sys.set_frozen(*id, true);
+        sys.push_event(*id, Event::Frozen { server: wire, cause, host_time_ns: at });
+        drop(sys);
         frozen.push((*id, name.clone(), Instant::now(), at, None::<String>, Duration::ZERO));
     }
     let freeze_all = noticed.elapsed();
@@ -157,8 +160,9 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
         }
         let duration = t.elapsed();
         let thawed_at_ns = realtime_ns().max(frozen_at_ns);
-        lock(system)
-            .push_event(id, Event::Thawed { server: wire, cause, frozen_at_ns, thawed_at_ns, duration_ms: duration.as_millis() as u64 });
+        let mut sys = lock(system);
+        sys.set_frozen(id, false);
+        sys.push_event(id, Event::Thawed { server: wire, cause, frozen_at_ns, thawed_at_ns, duration_ms: duration.as_millis() as u64 });
         report.push(Frozen { partition, duration, frozen_at_ns, thawed_at_ns, conts, stop_reply, error });
     }
     drop(q);

@@ -146,15 +146,21 @@ impl StorageServers {
         self.servers.is_empty()
     }
 
-    fn get(&self, name: &str) -> Result<&Served> {
-        self.servers.get(name).ok_or_else(|| {
-            let names: Vec<&str> = self.servers.keys().map(String::as_str).collect();
-            if names.is_empty() {
-                anyhow!("no vios {name:?}: this system configures no storage server ([[vios]] in its config)")
-            } else {
-                anyhow!("no vios {name:?}; configured: {}", names.join(", "))
-            }
+    /// Why `name` is not a configured server, or None when it is one.
+    pub fn unknown(&self, name: &str) -> Option<String> {
+        if self.servers.contains_key(name) {
+            return None;
+        }
+        let names: Vec<&str> = self.servers.keys().map(String::as_str).collect();
+        Some(if names.is_empty() {
+            format!("no vios {name:?}: this system configures no storage server ([[vios]] in its config)")
+        } else {
+            format!("no vios {name:?}; configured: {}", names.join(", "))
         })
+    }
+
+    fn get(&self, name: &str) -> Result<&Served> {
+        self.servers.get(name).ok_or_else(|| anyhow!(self.unknown(name).unwrap_or_default()))
     }
 
     /// `lparhv vios restart`: the PAUSE/RESUME round around a graceful

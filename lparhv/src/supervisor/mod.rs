@@ -145,7 +145,7 @@ impl Supervisor {
                     warn!(partition = %guest.name, how, "partition exited");
                     RunRecord::remove(&config.state_dir, &guest.name);
                     let mut sys = lock(&system);
-                    sys.set_runtime(*id, Runtime::Exited { how });
+                    sys.set_runtime(*id, Runtime::Exited { how, exit: guest.exit_status() });
                     if let Err(e) = sys.partition_exited(*id) {
                         warn!(partition = %guest.name, "failure handling: {e}");
                     }
