@@ -40,11 +40,11 @@ fn qemu_vios_supervision_restart_crash_and_cleanup() {
     let dir = scratch("sup");
     let img = dir.path().join("a.img");
     std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
-    assert!(Vios::start("bad", &[Lun::new("x", &dir.path().join("missing.img"))], &dir.path()).is_err());
-    assert!(Vios::start("bad", &[Lun::new("a b", &img)], &dir.path()).is_err());
+    assert!(Vios::start("bad", &[Lun::new("x", &dir.path().join("missing.img"))], dir.path()).is_err());
+    assert!(Vios::start("bad", &[Lun::new("a b", &img)], dir.path()).is_err());
 
     let t = Instant::now();
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.path()).unwrap();
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     eprintln!("vios start → serving: {:?}", t.elapsed());
     let sock = v.socket().to_path_buf();
     assert!(v.is_serving(Duration::from_secs(2)));
@@ -78,8 +78,8 @@ const SEED: u64 = 0x5eed_0001;
 #[test]
 fn qemu_guest_activates_rootvg_on_nbd_lun_and_every_acked_write_is_on_disk() {
     let dir = scratch("w");
-    let img = rootvg_image(&dir.path());
-    let v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.path()).unwrap();
+    let img = rootvg_image(dir.path());
+    let v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let n = 300;
     let mut g = writer_guest("rootvg-writer", &v, 5, SEED, n);
     let (act, _) = g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
@@ -118,8 +118,8 @@ const TOTAL: u64 = 1500;
 #[test]
 fn qemu_planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
     let dir = scratch("pr");
-    let img = rootvg_image(&dir.path());
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.path()).unwrap();
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let mut g = writer_guest("planned", &v, 10, SEED + 1, TOTAL);
     g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
     g.wait_event_where(Duration::from_secs(60), |e| e.name == "io_ack").unwrap();
@@ -152,8 +152,8 @@ fn qemu_planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
 #[test]
 fn qemu_vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_survives() {
     let dir = scratch("cr");
-    let img = rootvg_image(&dir.path());
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.path()).unwrap();
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let delay = 1;
     let mut g = writer_guest("unregistered", &v, delay, SEED + 2, TOTAL);
     g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
@@ -202,8 +202,8 @@ fn qemu_vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_an
 #[test]
 fn qemu_werror_stop_pauses_the_guest_instead_of_failing_its_io() {
     let dir = scratch("st");
-    let img = rootvg_image(&dir.path());
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.path()).unwrap();
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
     let mut s = GuestSpec::new("werror-stop", &kernel(), d.accel);
     s.cmdline = format!("quiet rootvg=on vios_test=writer:{} vios_test_stop_after={TOTAL}", SEED + 3);

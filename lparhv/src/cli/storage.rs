@@ -293,7 +293,7 @@ pub fn bench(ctx: &Ctx, runs: usize) -> Result<()> {
     }
     // Throughput.
     let scratch = scratch("bvt")?;
-    let kinds = throughput(ctx, d.accel, &scratch.path())?;
+    let kinds = throughput(ctx, d.accel, scratch.path())?;
     println!("-- rootvg throughput over NBD from the VIOS (queue depth 1, LV data; MiB = 2^20 bytes)");
     for (kind, iops, kib_s) in kinds {
         println!("   {kind:<14} {iops:>8} IOPS {:>9.2} MiB/s", kib_s as f64 / 1024.0);
