@@ -4,12 +4,13 @@
 //! register dump and a non-zero exit. Each guest is bounded in time and
 //! killed when its `Guest` is dropped.
 
-mod harness;
-use harness::{kernel, skipped, Scratch};
+mod support;
+use support::image::{kernel, scratch, skipped};
 
 use lparhv::machine::qemu::{self, Accel, AccelChoice, Disk, Guest, GuestExit, GuestSpec};
 use lparhv::pattern;
 use std::time::Duration;
+use tempfile::TempDir;
 
 fn boot_to_ready(accel: Accel) {
     let mut spec = GuestSpec::new(&format!("ready-{accel}"), &kernel(), accel);
@@ -24,7 +25,7 @@ fn boot_to_ready(accel: Accel) {
 }
 
 #[test]
-fn boots_to_ready_with_tcg() {
+fn qemu_boots_to_ready_with_tcg() {
     boot_to_ready(Accel::Tcg);
 }
 
@@ -33,8 +34,8 @@ const PATTERN_SECTORS: u64 = 256;
 
 /// A guest on `accel` that reads back a pattern the host wrote to its
 /// virtio disk (an image in `dir`).
-fn disk_reader_spec(accel: Accel, dir: &Scratch) -> GuestSpec {
-    let img = dir.0.join("pattern.img");
+fn disk_reader_spec(accel: Accel, dir: &TempDir) -> GuestSpec {
+    let img = dir.path().join("pattern.img");
     let mut bytes = pattern::pattern_bytes(PATTERN_SEED, PATTERN_SECTORS);
     bytes.resize(1 << 20, 0);
     std::fs::write(&img, &bytes).unwrap();
@@ -63,22 +64,22 @@ fn check_guest_reads_the_host_pattern(spec: &GuestSpec) -> Result<(), String> {
 }
 
 #[test]
-fn kvm_guest_boots_and_reads_its_disk_when_kvm_can_run_lparos() {
+fn qemu_kvm_guest_boots_and_reads_its_disk_when_kvm_can_run_lparos() {
     let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
     if d.accel != Accel::Kvm {
-        skipped("kvm_guest_boots_and_reads_its_disk_when_kvm_can_run_lparos", &format!("the probe chose {}: {}", d.accel, d.reason));
+        skipped("qemu_kvm_guest_boots_and_reads_its_disk_when_kvm_can_run_lparos", &format!("the probe chose {}: {}", d.accel, d.reason));
         return;
     }
     boot_to_ready(Accel::Kvm);
-    let dir = Scratch::new("kvm-disk");
+    let dir = scratch("kvm-disk");
     check_guest_reads_the_host_pattern(&disk_reader_spec(Accel::Kvm, &dir)).unwrap_or_else(|e| panic!("under KVM: {e}"));
 }
 
 /// The KVM test's check, run where it can run here (TCG): it passes on a
 /// guest with the disk and fails on one whose disk is not attached.
 #[test]
-fn kvm_check_passes_with_the_disk_and_fails_without_it() {
-    let dir = Scratch::new("check-disk");
+fn qemu_kvm_check_passes_with_the_disk_and_fails_without_it() {
+    let dir = scratch("check-disk");
     let mut spec = disk_reader_spec(Accel::Tcg, &dir);
     check_guest_reads_the_host_pattern(&spec).unwrap_or_else(|e| panic!("with the disk: {e}"));
     spec.disks.clear();
@@ -98,7 +99,7 @@ fn fault(kind: &str) -> (GuestExit, String) {
 }
 
 #[test]
-fn invalid_opcode_dumps_registers_and_exits_nonzero() {
+fn qemu_invalid_opcode_dumps_registers_and_exits_nonzero() {
     let (exit, console) = fault("ud");
     assert_eq!(exit, GuestExit::Code(3), "console:\n{console}");
     assert!(console.contains("EXCEPTION invalid opcode (vector 6)"), "{console}");
@@ -108,7 +109,7 @@ fn invalid_opcode_dumps_registers_and_exits_nonzero() {
 }
 
 #[test]
-fn page_fault_reports_the_faulting_address() {
+fn qemu_page_fault_reports_the_faulting_address() {
     let (exit, console) = fault("pf");
     assert_eq!(exit, GuestExit::Code(3), "console:\n{console}");
     let ev = console.lines().filter_map(lparhv::parse_event).find(|e| e.name == "exception").expect("exception event");
@@ -117,7 +118,7 @@ fn page_fault_reports_the_faulting_address() {
 }
 
 #[test]
-fn writing_kernel_text_faults() {
+fn qemu_writing_kernel_text_faults() {
     let (exit, console) = fault("wx");
     assert_eq!(exit, GuestExit::Code(3), "console:\n{console}");
     let ev = console.lines().filter_map(lparhv::parse_event).find(|e| e.name == "exception").expect("exception event");
@@ -126,7 +127,7 @@ fn writing_kernel_text_faults() {
 }
 
 #[test]
-fn without_debug_exit_the_guest_powers_off_through_acpi() {
+fn qemu_without_debug_exit_the_guest_powers_off_through_acpi() {
     for machine in [qemu::Machine::Q35, qemu::Machine::Pc] {
         let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
         let mut spec = GuestSpec::new("acpi-off", &kernel(), d.accel);

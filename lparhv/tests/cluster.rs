@@ -3,18 +3,18 @@
 //! detection when the active dies; and the full failover demo through the
 //! lparhv binary, with its loss check shown to fail on a planted fault.
 
-mod harness;
-use harness::{spec, Scratch};
+mod support;
+use support::image::{scratch, spec};
 
 use lparhv::machine::qemu::{self, Guest, Nic};
 use lparhv::machine::vswitch::VSwitch;
 use std::time::{Duration, Instant};
 
 #[test]
-fn standby_detects_a_dead_active_and_only_then() {
-    let dir = Scratch::new("cluster");
-    let ports = [dir.0.join("a.sock"), dir.0.join("b.sock")];
-    let switch = VSwitch::start(&dir.0.join("switch.sock"), ports.to_vec()).unwrap();
+fn qemu_standby_detects_a_dead_active_and_only_then() {
+    let dir = scratch("cluster");
+    let ports = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    let switch = VSwitch::start(&dir.path().join("switch.sock"), ports.to_vec()).unwrap();
     let guest = |name: &str, n: usize, role: &str, peer: usize| {
         let mut s = spec(name);
         s.cmdline = format!("quiet ip=10.0.0.{n}/24 cluster={role} cluster_peer_ip=10.0.0.{peer} cluster_peer=lpar{peer} cluster_slot=1");
@@ -71,7 +71,7 @@ fn number_after(stdout: &str, prefix: &str) -> Option<u64> {
 /// on a copy of the disk taken before the takeover, and every record the
 /// new active acknowledged is on the disk at the end.
 #[test]
-fn failover_demo_moves_the_service_and_loses_nothing() {
+fn qemu_failover_demo_moves_the_service_and_loses_nothing() {
     let (ok, stdout, stderr) = failover_demo(&[]);
     assert!(ok, "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     for step in ["DeactPeer", "RemPciFromPeer", "AddPciToSelf", "ActPeer", "lpar2 is ACTIVE", "lpar1 is back as standby"] {
@@ -94,7 +94,7 @@ fn failover_demo_moves_the_service_and_loses_nothing() {
 /// kill and before the standby takes over (the standby would then resume
 /// below it and rewrite it). The demo must fail and name that record.
 #[test]
-fn failover_demo_fails_when_an_acknowledged_record_is_lost() {
+fn qemu_failover_demo_fails_when_an_acknowledged_record_is_lost() {
     let (ok, stdout, stderr) = failover_demo(&["--plant-lost-record"]);
     assert!(!ok, "demo passed with a destroyed record\nstdout:\n{stdout}");
     let planted = number_after(&stdout, "PLANTED FAULT (test only): record ")

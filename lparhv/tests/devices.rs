@@ -3,8 +3,8 @@
 //! virtual LAN exchange UDP and TCP traffic, and the virtio console carries
 //! a line each way.
 
-mod harness;
-use harness::{spec, Scratch};
+mod support;
+use support::image::{scratch, spec};
 
 use lparhv::machine::qemu::{Disk, Guest, GuestExit, Nic};
 use lparhv::machine::vswitch::VSwitch;
@@ -16,9 +16,9 @@ use std::time::Duration;
 const SECTORS: u64 = 1024;
 
 #[test]
-fn guest_writes_pattern_that_host_reads_back() {
-    let dir = Scratch::new("disk-w");
-    let img = dir.0.join("disk.img");
+fn qemu_guest_writes_pattern_that_host_reads_back() {
+    let dir = scratch("disk-w");
+    let img = dir.path().join("disk.img");
     std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
     let mut s = spec("disk-writer");
     s.cmdline = format!("quiet disk_test=write:41:{SECTORS}");
@@ -33,9 +33,9 @@ fn guest_writes_pattern_that_host_reads_back() {
 }
 
 #[test]
-fn host_writes_pattern_that_guest_verifies_and_damage_is_found() {
-    let dir = Scratch::new("disk-r");
-    let img = dir.0.join("disk.img");
+fn qemu_host_writes_pattern_that_guest_verifies_and_damage_is_found() {
+    let dir = scratch("disk-r");
+    let img = dir.path().join("disk.img");
     let mut bytes = pattern::pattern_bytes(99, SECTORS);
     bytes.resize(4 << 20, 0);
     std::fs::write(&img, &bytes).unwrap();
@@ -63,10 +63,10 @@ fn host_writes_pattern_that_guest_verifies_and_damage_is_found() {
 }
 
 #[test]
-fn two_guests_exchange_udp_and_tcp_on_one_lan() {
-    let dir = Scratch::new("lan");
-    let ports = [dir.0.join("a.sock"), dir.0.join("b.sock")];
-    let switch = VSwitch::start(&dir.0.join("switch.sock"), ports.to_vec()).unwrap();
+fn qemu_two_guests_exchange_udp_and_tcp_on_one_lan() {
+    let dir = scratch("lan");
+    let ports = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+    let switch = VSwitch::start(&dir.path().join("switch.sock"), ports.to_vec()).unwrap();
     let mut server = spec("server");
     server.cmdline = "quiet ip=10.0.0.1/24 net_role=server".into();
     server.nics.push(Nic { mac: "52:54:00:00:00:01".into(), local: ports[0].clone(), remote: switch.path().into() });
@@ -86,9 +86,9 @@ fn two_guests_exchange_udp_and_tcp_on_one_lan() {
 }
 
 #[test]
-fn virtio_console_carries_a_line_each_way() {
-    let dir = Scratch::new("console");
-    let sock = dir.0.join("console.sock");
+fn qemu_virtio_console_carries_a_line_each_way() {
+    let dir = scratch("console");
+    let sock = dir.path().join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let mut s = spec("console");
     s.cmdline = "quiet console_test=hello-from-guest".into();

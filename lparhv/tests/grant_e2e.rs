@@ -5,13 +5,12 @@
 //! while guests are in the middle of ACCEPT / RETURN calls. Every wait is
 //! bounded and every QEMU is killed at the end (also on failure).
 
-mod common_e2e;
+mod support;
 
-use common_e2e::*;
 use hypercall_client::hypercall_abi::{Cookie as WireCookie, Event as HcEvent, ReturnCode};
 use hypercall_client::{CallError, Handle, Notice, Placement, Reply};
 use lparhv::control::{self, ControlRequest};
-use lparhv::machine::detached::{kill_all_recorded, proc_start_ticks, RunRecord};
+use lparhv::machine::detached::{console_path, proc_start_ticks, RunRecord};
 use lparhv::owner::{ClientState, GrantId, OwnerStore, OwnerTable};
 use lparhv::state::lock;
 use lparhv::state::{control_socket_path, hcall_socket_path};
@@ -21,6 +20,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::daemon::*;
+use support::events::{field, num, Events};
+use support::image::accel;
 
 const BOOT: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_secs(10);
@@ -31,15 +33,15 @@ const REGION: usize = 64 * 1024;
 /// reads the same bytes → return (asked for by a normal rescind) → the
 /// normal rescind succeeds.
 #[test]
-fn share_read_by_host_and_second_client_then_normal_rescind() {
+fn qemu_share_read_by_host_and_second_client_then_normal_rescind() {
     let accel = accel();
-    let (cfg, _) = write_config(
+    let files = write_config(
         "a",
         &[("shm0", "64KiB")],
         &[Part { name: "w", cmdline: "hcall_test=share:11", memory: &[] }, Part { name: "r", cmdline: "hcall_test=read:11", memory: &[] }],
         &[("hv", &["w", "r"])],
     );
-    let sys = InProcess::start(&cfg, &["w", "r"], accel);
+    let sys = InProcess::start(&files.config, &["w", "r"], accel);
     let (mut w, mut r) = (sys.console("w"), sys.console("r"));
     w.wait_name("hcall_up", BOOT);
     r.wait_name("hcall_up", BOOT);
@@ -79,7 +81,7 @@ fn share_read_by_host_and_second_client_then_normal_rescind() {
     w.wait_name("alive", STEP);
     r.wait_name("alive", STEP);
     for c in [&w, &r] {
-        assert!(!c.seen.iter().any(|l| l.contains("what=event_dropped")), "a guest dropped an event:\n{}", c.tail());
+        assert!(!c.lines().iter().any(|l| l.contains("what=event_dropped")), "a guest dropped an event:\n{}", c.tail());
     }
 }
 
@@ -87,15 +89,15 @@ fn share_read_by_host_and_second_client_then_normal_rescind() {
 /// H_RESCINDED (-46), it returns the mapping, and its other work (the
 /// `alive` echoes) goes on.
 #[test]
-fn forced_rescind_confines_the_failure() {
+fn qemu_forced_rescind_confines_the_failure() {
     let accel = accel();
-    let (cfg, _) = write_config(
+    let files = write_config(
         "b",
         &[("shm0", "64KiB")],
         &[Part { name: "f", cmdline: "hcall_test=share:5 hcall_test_poll=50", memory: &[] }],
         &[("hv", &["f"])],
     );
-    let sys = InProcess::start(&cfg, &["f"], accel);
+    let sys = InProcess::start(&files.config, &["f"], accel);
     let mut f = sys.console("f");
     f.wait_name("hcall_up", BOOT);
     let cookie = sys.grant("shm0", "f", None, None);
@@ -103,7 +105,7 @@ fn forced_rescind_confines_the_failure() {
     // It is using the region (polling COPYs that succeed).
     let ev = f.wait(STEP, |e| e.name == "share_poll").unwrap().0;
     assert_eq!(field(&ev, "rc"), "0");
-    let alive_before: u64 = field(&f.wait_name("alive", STEP), "n").parse().unwrap();
+    let alive_before: u64 = num(&f.wait_name("alive", STEP), "n");
 
     let view = lock(&sys.system()).owner_rescind(&cookie, "f", true).expect("forced rescind");
     assert!(view.force && view.torn_down.len() == 1, "{view:?}");
@@ -115,7 +117,7 @@ fn forced_rescind_confines_the_failure() {
     // Alive after the rescind, and beyond where it was.
     let mut later = 0;
     for _ in 0..2 {
-        later = field(&f.wait_name("alive", STEP), "n").parse().unwrap();
+        later = num(&f.wait_name("alive", STEP), "n");
     }
     assert!(later >= alive_before + 20, "alive stalled: {alive_before} -> {later}");
     sys.assert_clean();
@@ -125,14 +127,14 @@ fn forced_rescind_confines_the_failure() {
 /// refused, for every call that takes a cookie; A can still use it.
 #[test]
 fn cookie_of_another_partition_is_useless() {
-    let (cfg, _) = write_config(
+    let files = write_config(
         "c",
         &[("shm0", "64KiB")],
         &[Part { name: "ca", cmdline: "", memory: &[] }, Part { name: "cb", cmdline: "", memory: &[] }],
         &[("hv", &["ca", "cb"])],
     );
     // No QEMU: both partitions are raw clients on their channel sockets.
-    let sys = InProcess::start(&cfg, &[], lparhv::machine::qemu::Accel::Tcg);
+    let sys = InProcess::start(&files.config, &[], lparhv::machine::qemu::Accel::Tcg);
     let mut a = sys.raw("ca");
     let mut b = sys.raw("cb");
     let cookie_a = parse_wire_cookie(&sys.grant("shm0", "ca", None, None)).unwrap();
@@ -171,9 +173,9 @@ fn cookie_of_another_partition_is_useless() {
 /// grace, c2's grant is force-rescinded when the grace ends (≥ 2 s), the
 /// region is back, nothing leaked, and srv is started again.
 #[test]
-fn owner_failure_grace_then_forced_rescind() {
+fn qemu_owner_failure_grace_then_forced_rescind() {
     let accel = accel();
-    let (cfg, state) = write_config(
+    let files = write_config(
         "d",
         &[],
         &[
@@ -183,7 +185,7 @@ fn owner_failure_grace_then_forced_rescind() {
         ],
         &[("srv", &["c1", "c2"])],
     );
-    let sys = InProcess::start(&cfg, &["srv", "c1"], accel);
+    let sys = InProcess::start(&files.config, &["srv", "c1"], accel);
     let (mut srv, mut c1) = (sys.console("srv"), sys.console("c1"));
     srv.wait_name("hcall_up", BOOT);
     c1.wait_name("hcall_up", BOOT);
@@ -195,7 +197,7 @@ fn owner_failure_grace_then_forced_rescind() {
     c2.wait_event(STEP, |e| matches!(e, HcEvent::Granted { .. })).expect("GRANTED to c2");
     let Ok(Reply::Accepted(m2)) = c2.accept(c2_cookie) else { panic!("c2 accept") };
 
-    let record = RunRecord::load(&state, "srv").expect("srv run record");
+    let record = RunRecord::load(&files.state, "srv").expect("srv run record");
     let gen_before = sys.status().partitions.iter().find(|p| p.name == "srv").unwrap().generation;
     // Kill the owner.
     let killed_at = Instant::now();
@@ -312,9 +314,9 @@ fn control(state: &Path, req: &ControlRequest) -> serde_json::Value {
 /// with their old nonce, no grant is lost or leaked, and the guests' next
 /// COPYs succeed.
 #[test]
-fn lparhv_killed_and_restarted_mid_session() {
+fn qemu_lparhv_killed_and_restarted_mid_session() {
     let accel = accel();
-    let (cfg, state) = write_config(
+    let files = write_config(
         "e",
         &[("shm0", "64KiB")],
         &[
@@ -323,20 +325,10 @@ fn lparhv_killed_and_restarted_mid_session() {
         ],
         &[("hv", &["w", "r"])],
     );
-    struct Cleanup<'a>(&'a Path, &'a Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            kill_all_recorded(self.0);
-            let _ = std::fs::remove_dir_all(self.0);
-            let _ = std::fs::remove_file(self.1);
-            let _ = std::fs::remove_file(self.0.with_extension("log"));
-        }
-    }
-    let log = state.with_extension("log");
-    let _cleanup = Cleanup(&state, &cfg);
-    let mut up = UpProcess::start(&cfg, accel, &log);
+    let (cfg, state, log) = (&files.config, files.state.clone(), &files.log);
+    let mut up = UpProcess::start(cfg, accel, log);
     control(&state, &ControlRequest::Status);
-    let con = |n: &str| Console::new(&lparhv::machine::detached::console_path(&state, n), n);
+    let con = |n: &str| Events::of_file(n, &console_path(&state, n));
     let (mut w, mut r) = (con("w"), con("r"));
     w.wait_name("hcall_up", BOOT);
     r.wait_name("hcall_up", BOOT);
@@ -358,9 +350,10 @@ fn lparhv_killed_and_restarted_mid_session() {
     for rec in &pids {
         assert!(rec.alive(), "{} died with lparhv", rec.name);
     }
-    w.skip_to_end();
-    r.skip_to_end();
-    let mut up = UpProcess::start(&cfg, accel, &log);
+    // Only what the guests print from now on.
+    w = Events::of_file_from_end("w", &console_path(&state, "w"));
+    r = Events::of_file_from_end("r", &console_path(&state, "r"));
+    let mut up = UpProcess::start(cfg, accel, log);
     let after = control(&state, &ControlRequest::Resources);
     assert_eq!(before, after, "grants changed across the restart");
     for (c, name) in [(&mut w, "w"), (&mut r, "r")] {
@@ -462,24 +455,15 @@ fn table_on_disk(state: &Path) -> OwnerTable {
 /// returned and rescinded normally: nothing lost, nothing leaked.
 #[test]
 fn lparhv_killed_during_accept_return_traffic() {
-    let (cfg, state) = write_config(
+    let files = write_config(
         "f",
         &[("shm0", "64KiB")],
         &[Part { name: "ta", cmdline: "", memory: &[] }, Part { name: "tb", cmdline: "", memory: &[] }],
         &[("hv", &["ta", "tb"])],
     );
-    struct Cleanup<'a>(&'a Path, &'a Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-            let _ = std::fs::remove_file(self.1);
-            let _ = std::fs::remove_file(self.0.with_extension("log"));
-        }
-    }
-    let log = state.with_extension("log");
-    let _cleanup = Cleanup(&state, &cfg);
+    let (cfg, state, log) = (&files.config, files.state.clone(), &files.log);
     let no_qemu = lparhv::machine::qemu::Accel::Tcg;
-    let mut up = UpProcess::start_with(&cfg, no_qemu, &log, &["--no-start"]);
+    let mut up = UpProcess::start_with(cfg, no_qemu, log, &["--no-start"]);
     control(&state, &ControlRequest::Status);
     let names = ["ta", "tb"];
     let mut guests: Vec<RawGuest> = names.iter().map(|n| RawGuest::connect(&hcall_socket_path(&state, n), n)).collect();
@@ -569,7 +553,7 @@ fn lparhv_killed_during_accept_return_traffic() {
     drop(on_disk);
 
     // Restart; the guests connect again and settle the unanswered calls.
-    let mut up = UpProcess::start_with(&cfg, no_qemu, &log, &["--no-start"]);
+    let mut up = UpProcess::start_with(cfg, no_qemu, log, &["--no-start"]);
     control(&state, &ControlRequest::Status);
     assert_eq!(grant_identities(&resources(&state)), granted, "grants changed across the restart");
     for (g, (name, t)) in guests.iter_mut().zip(names.iter().zip(&traffic)) {

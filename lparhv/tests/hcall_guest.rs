@@ -5,8 +5,8 @@
 //! in-memory region, and pushes events on request. It is a test double,
 //! not lparhv's server.
 
-mod harness;
-use harness::{kernel, Scratch};
+mod support;
+use support::image::{kernel, scratch};
 
 use hypercall_abi::{answer_hello, Cookie, Decoder, Event, Message, Name, Request, Response, ReturnCode, MAX_FRAME, SYNC_PREAMBLE_LEN};
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
@@ -255,9 +255,9 @@ fn guest(name: &str, cmdline: &str, sock: &Path) -> Guest {
 }
 
 #[test]
-fn guest_echoes_over_the_hypercall_channel() {
-    let dir = Scratch::new("hcall-echo");
-    let sock = dir.0.join("hc.sock");
+fn qemu_guest_echoes_over_the_hypercall_channel() {
+    let dir = scratch("hcall-echo");
+    let sock = dir.path().join("hc.sock");
     let host = FakeHost::start(&sock);
     let started = Instant::now();
     let mut g = guest("hcall-echo", "quiet hcall=on hcall_test=echo:100", &sock);
@@ -285,9 +285,9 @@ fn guest_echoes_over_the_hypercall_channel() {
 }
 
 #[test]
-fn guest_shares_memory_and_survives_a_forced_rescind() {
-    let dir = Scratch::new("hcall-share");
-    let sock = dir.0.join("hc.sock");
+fn qemu_guest_shares_memory_and_survives_a_forced_rescind() {
+    let dir = scratch("hcall-share");
+    let sock = dir.path().join("hc.sock");
     let host = FakeHost::start(&sock);
     let cookie = Cookie::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
     host.grants.lock().unwrap().insert(cookie, None);

@@ -4,8 +4,9 @@
 //! bus). Every test is bounded in time; every QEMU is killed when its
 //! `Guest` drops.
 
-mod harness;
-use harness::{kernel, Scratch};
+mod support;
+use support::events::num;
+use support::image::{kernel, scratch};
 
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec, Machine};
 use lparhv::machine::qmp::Qmp;
@@ -13,6 +14,7 @@ use lparhv::pattern;
 use lparhv::Event;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 const T: Duration = Duration::from_secs(30);
 const DISK_BYTES: u64 = 8 << 20;
@@ -22,7 +24,7 @@ const DISK_BYTES: u64 = 8 << 20;
 struct Hp {
     guest: Guest,
     qmp: Qmp,
-    dir: Scratch,
+    dir: TempDir,
     machine: Machine,
 }
 
@@ -32,12 +34,12 @@ impl Hp {
     }
 
     fn start_with(tag: &str, machine: Machine, ports: usize, disks: usize, cmdline: &str, mut extra: Vec<String>) -> Hp {
-        let dir = Scratch::new(tag);
+        let dir = scratch(tag);
         let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
         let mut spec = GuestSpec::new(tag, &kernel(), d.accel);
         spec.machine = machine;
         spec.cmdline = format!("quiet {cmdline}");
-        let sock = dir.0.join("qmp.sock");
+        let sock = dir.path().join("qmp.sock");
         spec.extra = vec!["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())];
         if machine == Machine::Q35 {
             for i in 0..ports {
@@ -46,7 +48,7 @@ impl Hp {
             }
         }
         for i in 0..disks {
-            let img = dir.0.join(format!("d{i}.img"));
+            let img = dir.path().join(format!("d{i}.img"));
             std::fs::File::create(&img).unwrap().set_len(DISK_BYTES).unwrap();
             spec.extra.push("-blockdev".into());
             spec.extra.push(format!("driver=raw,node-name=d{i},file.driver=file,file.filename={}", img.display()));
@@ -60,7 +62,7 @@ impl Hp {
     }
 
     fn image(&self, i: usize) -> PathBuf {
-        self.dir.0.join(format!("d{i}.img"))
+        self.dir.path().join(format!("d{i}.img"))
     }
 
     /// device_add a virtio disk on node `node` (into root port `port` on q35).
@@ -87,10 +89,6 @@ impl Hp {
     }
 }
 
-fn num(ev: &Event, key: &str) -> u64 {
-    ev.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key} missing in {ev:?}"))
-}
-
 fn add_remove_cycle(machine: Machine, tag: &str) {
     let mut hp = Hp::start(tag, machine, 2, 1, "");
     hp.add("hp0", "d0", 1);
@@ -110,17 +108,17 @@ fn add_remove_cycle(machine: Machine, tag: &str) {
 }
 
 #[test]
-fn q35_hot_add_then_eject() {
+fn qemu_q35_hot_add_then_eject() {
     add_remove_cycle(Machine::Q35, "q35-cycle");
 }
 
 #[test]
-fn pc_hot_add_then_eject() {
+fn qemu_pc_hot_add_then_eject() {
     add_remove_cycle(Machine::Pc, "pc-cycle");
 }
 
 #[test]
-fn q35_two_devices_in_flight() {
+fn qemu_q35_two_devices_in_flight() {
     let mut hp = Hp::start("q35-two", Machine::Q35, 2, 2, "");
     hp.add("hpa", "d0", 0);
     hp.add("hpb", "d1", 1);
@@ -174,12 +172,12 @@ fn cycles(machine: Machine, tag: &str, n: usize) {
 }
 
 #[test]
-fn q35_100_cycles_without_leaks() {
+fn qemu_q35_100_cycles_without_leaks() {
     cycles(Machine::Q35, "q35-100", 100);
 }
 
 #[test]
-fn pc_cycles_without_leaks() {
+fn qemu_pc_cycles_without_leaks() {
     cycles(Machine::Pc, "pc-20", 20);
 }
 
@@ -206,12 +204,12 @@ fn eject_during_io(machine: Machine, tag: &str) {
 }
 
 #[test]
-fn q35_eject_during_io_loses_no_acknowledged_write() {
+fn qemu_q35_eject_during_io_loses_no_acknowledged_write() {
     eject_during_io(Machine::Q35, "q35-io");
 }
 
 #[test]
-fn pc_eject_during_io_loses_no_acknowledged_write() {
+fn qemu_pc_eject_during_io_loses_no_acknowledged_write() {
     eject_during_io(Machine::Pc, "pc-io");
 }
 
@@ -219,9 +217,9 @@ fn pc_eject_during_io_loses_no_acknowledged_write() {
 /// touch sector 160): the guest takes the disk out itself, QEMU reports
 /// DEVICE_DELETED without any device_del, and the guest keeps running.
 #[test]
-fn q35_backend_failure_removes_the_device() {
-    let dir_img = Scratch::new("q35-err-img");
-    let img = dir_img.0.join("bad.img");
+fn qemu_q35_backend_failure_removes_the_device() {
+    let dir_img = scratch("q35-err-img");
+    let img = dir_img.path().join("bad.img");
     std::fs::File::create(&img).unwrap().set_len(DISK_BYTES).unwrap();
     let node = format!(
         r#"{{"driver":"raw","node-name":"bad","file":{{"driver":"blkdebug","inject-error":[{{"event":"write_aio","errno":5,"sector":160}}],"image":{{"driver":"file","filename":"{}"}}}}}}"#,
@@ -253,11 +251,11 @@ fn power_button(machine: Machine, tag: &str) {
 }
 
 #[test]
-fn q35_power_button_shuts_down_in_order() {
+fn qemu_q35_power_button_shuts_down_in_order() {
     power_button(Machine::Q35, "q35-pwr");
 }
 
 #[test]
-fn pc_power_button_shuts_down_in_order() {
+fn qemu_pc_power_button_shuts_down_in_order() {
     power_button(Machine::Pc, "pc-pwr");
 }

@@ -8,13 +8,13 @@
 //! in `owner_properties.proptest-regressions` (failures found earlier) are
 //! replayed before any new case, and new failures are saved there.
 
-mod common;
+mod support;
 
-use common::*;
 use lparhv::owner::*;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use std::collections::BTreeSet;
+use support::owner::*;
 
 /// The checked-in regression file beside this source file (an absolute
 /// path: cargo runs the test with the package directory as its cwd).

@@ -4,15 +4,15 @@
 //! and audited; refused operations write nothing; a tampered database is
 //! rejected on load.
 
-mod common;
+mod support;
 
-use common::*;
 use lparhv::owner::*;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::owner::*;
 
 /// Set (to the database path) only in the child process of
 /// [`a_writer_killed_while_committing_leaves_its_last_commit`].

@@ -3,10 +3,10 @@
 //! partitions, generations, sub-grants, forced-rescind ordering, client
 //! failure and owner failure with its grace. Every step is audited.
 
-mod common;
+mod support;
 
-use common::*;
 use lparhv::owner::*;
+use support::owner::*;
 
 fn code<T: std::fmt::Debug>(r: Result<T, HvError>) -> ReturnCode {
     r.expect_err("expected a refusal").code

@@ -11,19 +11,20 @@
 use lparhv::config::SystemConfig;
 use lparhv::control::{self, ControlReply, ControlRequest};
 use lparhv::daemon::Daemon;
-use lparhv::machine::qemu::{self, AccelChoice};
+use lparhv::machine::console::Console;
 use lparhv::machine::qmp::Qmp;
 use lparhv::owner::OsCookieSource;
-use lparhv::slots::commands::ConsoleLog;
 use lparhv::slots::{Command, Outcome, SlotView};
 use lparhv::state::paths::qmp_socket_path;
 use lparhv::state::{LogEntry, Runtime, StatusView};
-use lparhv::{parse_event, Event};
+use lparhv::Event;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
-mod harness;
-use harness::{kernel, skipped};
+mod support;
+use support::events::{int, nth_event};
+use support::image::{accel, kernel, scratch, skipped};
 
 const T: Duration = Duration::from_secs(60);
 const DISK_BYTES: u64 = 8 << 20;
@@ -32,7 +33,8 @@ const DISK_BYTES: u64 = 8 << 20;
 struct Sys {
     rt: tokio::runtime::Runtime,
     daemon: Option<Daemon>,
-    dir: PathBuf,
+    /// Dropped after the daemon has stopped (see [`Drop`]).
+    _dir: TempDir,
     config: SystemConfig,
 }
 
@@ -40,9 +42,8 @@ impl Sys {
     /// `body`: the config after `[system]`; `$K` is the kernel, `$D` the
     /// scratch directory.
     fn start(tag: &str, body: &str) -> Sys {
-        let dir = PathBuf::from(format!("/tmp/lps-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = scratch(tag);
+        let dir = scratch.path();
         std::fs::File::create(dir.join("slot0.img")).unwrap().set_len(DISK_BYTES).unwrap();
         let text = format!(
             "[system]\nname = \"{tag}-{}\"\nstate_dir = \"{}\"\n{}",
@@ -53,11 +54,11 @@ impl Sys {
         let path = dir.join("system.toml");
         std::fs::write(&path, &text).unwrap();
         let config = SystemConfig::load(&path).unwrap();
-        let accel = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap().accel;
+        let accel = accel();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let mut daemon = rt.block_on(Daemon::start(&config, Box::new(OsCookieSource))).unwrap();
         daemon.start_partitions(accel, false).unwrap();
-        Sys { rt, daemon: Some(daemon), dir, config }
+        Sys { rt, daemon: Some(daemon), _dir: scratch, config }
     }
 
     fn control(&self) -> PathBuf {
@@ -93,7 +94,7 @@ impl Sys {
         self.status().partitions.into_iter().find(|x| x.name == p).unwrap().runtime
     }
 
-    fn console(&self, p: &str) -> ConsoleLog {
+    fn console(&self, p: &str) -> Console {
         self.daemon.as_ref().unwrap().slots().console(p).unwrap()
     }
 
@@ -133,7 +134,6 @@ impl Drop for Sys {
         if let Some(d) = self.daemon.take() {
             self.rt.block_on(d.stop());
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -148,33 +148,11 @@ fn json_has(v: &serde_json::Value, key: &str, value: &str) -> bool {
 }
 
 /// Waits for the `nth` (0-based) event line `name` satisfying `want` in `log`.
-fn wait_ev(log: &ConsoleLog, name: &str, nth: usize, want: impl Fn(&Event) -> bool) -> Event {
-    let deadline = Instant::now() + T;
-    loop {
-        let found: Vec<Event> = log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|l| parse_event(&l.text))
-            .inspect(|e| assert!(e.name != "panic" && e.name != "exception", "guest failed: {e:?}"))
-            .filter(|e| e.name == name && want(e))
-            .collect();
-        if let Some(e) = found.get(nth) {
-            return e.clone();
-        }
-        if Instant::now() > deadline {
-            let tail: Vec<String> = log.lock().unwrap().iter().rev().take(30).map(|l| l.text.clone()).collect();
-            panic!("no event {name} #{nth} within {T:?}; console tail (newest first): {tail:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_ev(log: &Console, name: &str, nth: usize, want: impl FnMut(&Event) -> bool) -> Event {
+    nth_event(log, name, nth, T, want)
 }
 
-fn num(e: &Event, k: &str) -> i64 {
-    e.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k} missing in {e:?}"))
-}
-
-fn cmd_ev(log: &ConsoleLog, op: &str, nth: usize) -> Event {
+fn cmd_ev(log: &Console, op: &str, nth: usize) -> Event {
     wait_ev(log, "slot_cmd", nth, |e| e.get("op") == Some(op))
 }
 
@@ -187,7 +165,7 @@ fn slot0(sys: &Sys) -> SlotView {
 /// lpar2's own ADD_PCI is refused with H_IN_USE while lpar1 has it, and
 /// its unauthorized DEACT with H_AUTHORITY.
 #[test]
-fn q35_disk_moves_between_partitions() {
+fn qemu_q35_disk_moves_between_partitions() {
     let seed = 99;
     let sys = Sys::start(
         "mv",
@@ -230,7 +208,7 @@ commands = [ {{ partition = "lpar2", allow = ["add_pci"], targets = ["lpar2"] }}
     sys.ok(Command::Act { partition: "lpar2".into() });
     let l2 = sys.console("lpar2");
     let deact = cmd_ev(&l2, "deact", 0);
-    assert_eq!(num(&deact, "rc"), -10, "unauthorized DEACT must be H_AUTHORITY: {deact:?}");
+    assert_eq!(int(&deact, "rc"), -10, "unauthorized DEACT must be H_AUTHORITY: {deact:?}");
     // lpar2 now retries ADD_PCI (H_IN_USE) while lpar1 holds the disk.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(sys.holder(&parts).as_deref(), Some("lpar1"));
@@ -239,18 +217,18 @@ commands = [ {{ partition = "lpar2", allow = ["add_pci"], targets = ["lpar2"] }}
     assert!(!o.fenced);
     let io = wait_ev(&l1, "hotplug_io", 0, |_| true);
     assert_eq!(io.get("ok"), Some("1"), "{io:?}");
-    let acked = num(&io, "acked_sectors");
+    let acked = int(&io, "acked_sectors");
     assert!(acked >= 16, "{io:?}");
     let rem = wait_ev(&l1, "hotplug_remove", 0, |_| true);
     assert_eq!(rem.get("ok"), Some("1"));
     eprintln!("rem_pci lpar1: {} ms (eject + DEVICE_DELETED + blockdev-del); lpar1 acked {acked} sectors", o.elapsed_ms);
     let add = cmd_ev(&l2, "add_pci", 0);
-    assert_eq!(num(&add, "rc"), 0, "{add:?}");
+    assert_eq!(int(&add, "rc"), 0, "{add:?}");
     wait_ev(&l2, "hotplug_add", 0, |_| true);
     let check = wait_ev(&l2, "hotplug_check", 0, |_| true);
     eprintln!("lpar2 has the disk {} ms after rem_pci started; check {check:?}", t1.elapsed().as_millis());
     assert_eq!(check.get("ok"), Some("1"), "{check:?}");
-    assert!(num(&check, "matched_sectors") >= acked.min(4096), "lpar2 read {check:?}, lpar1 acked {acked}");
+    assert!(int(&check, "matched_sectors") >= acked.min(4096), "lpar2 read {check:?}, lpar1 acked {acked}");
     assert_eq!(sys.holder(&parts).as_deref(), Some("lpar2"));
     let row = slot0(&sys);
     assert_eq!((row.owner.as_deref(), row.enabled, row.attached.as_deref()), (Some("lpar2"), true, Some("lpar2")));
@@ -272,7 +250,7 @@ commands = [ {{ partition = "lpar2", allow = ["add_pci"], targets = ["lpar2"] }}
 /// by the standby: REM_PCI, ADD_PCI to itself, ACT the failed partition,
 /// DEACT it, DEACT again (H_NOT_ACTIVE).
 #[test]
-fn q35_guest_that_never_ejects_is_fenced() {
+fn qemu_q35_guest_that_never_ejects_is_fenced() {
     let sys = Sys::start(
         "fence",
         r#"
@@ -300,7 +278,7 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
     let l1 = sys.console("lpar1");
     let l2 = sys.console("lpar2");
     let rem = cmd_ev(&l2, "rem_pci", 0);
-    assert_eq!(num(&rem, "rc"), 1, "REM_PCI with the fence applied answers H_BUSY: {rem:?}");
+    assert_eq!(int(&rem, "rc"), 1, "REM_PCI with the fence applied answers H_BUSY: {rem:?}");
     // Host-side duration (the guest's clock is not trusted under TCG).
     let log = sys.events();
     let line = log
@@ -311,12 +289,12 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
     assert!((1500..15_000).contains(&ms), "the policy fires after eject_timeout_ms = 1500: {line:?}");
     wait_ev(&l1, "hotplug_eject_ignored", 0, |_| true);
     let add = cmd_ev(&l2, "add_pci", 0);
-    assert_eq!(num(&add, "rc"), 0, "{add:?}");
+    assert_eq!(int(&add, "rc"), 0, "{add:?}");
     wait_ev(&l2, "hotplug_add", 0, |_| true);
     let act = cmd_ev(&l2, "act", 0);
-    assert_eq!(num(&act, "rc"), 0, "{act:?}");
-    assert_eq!(num(&cmd_ev(&l2, "deact", 0), "rc"), 0);
-    assert_eq!(num(&cmd_ev(&l2, "deact", 1), "rc"), -71, "second DEACT: H_NOT_ACTIVE");
+    assert_eq!(int(&act, "rc"), 0, "{act:?}");
+    assert_eq!(int(&cmd_ev(&l2, "deact", 0), "rc"), 0);
+    assert_eq!(int(&cmd_ev(&l2, "deact", 1), "rc"), -71, "second DEACT: H_NOT_ACTIVE");
     eprintln!("fence: REM_PCI answered after {ms} ms (timeout 1500 ms)");
     assert_eq!(sys.holder(&parts).as_deref(), Some("lpar2"));
     let row = slot0(&sys);
@@ -327,7 +305,7 @@ commands = [ { partition = "lpar2", allow = ["deact", "act", "add_pci", "rem_pci
 
 /// On `pc` the device goes onto the hot-pluggable root bus.
 #[test]
-fn pc_add_rem_cycle() {
+fn qemu_pc_add_rem_cycle() {
     let sys = Sys::start(
         "pc",
         r#"
@@ -441,7 +419,7 @@ fn quota_of(group: &Path) -> String {
 /// it back. Without a controller the command must answer H_NOT_AVAILABLE,
 /// and the test says SKIPPED.
 #[test]
-fn cpu_share_caps_a_busy_guest() {
+fn qemu_cpu_share_caps_a_busy_guest() {
     const SHARE: u8 = 10;
     let sys = Sys::start(
         "cpu",
@@ -459,7 +437,7 @@ cmdline = "quiet cpu_test=spin"
         Err(why) => {
             let (r, o) = sys.command(Command::SetCpuShare { percent: SHARE, partition: "lpar1".into() });
             assert!(!r.ok && o.result == "H_NOT_AVAILABLE", "{r:?}");
-            skipped("cpu_share_caps_a_busy_guest", &format!("{why} (lparhv: {})", status.cpu_control));
+            skipped("qemu_cpu_share_caps_a_busy_guest", &format!("{why} (lparhv: {})", status.cpu_control));
             return;
         }
     };
@@ -508,7 +486,7 @@ cmdline = "quiet cpu_test=spin"
 /// lparhv in the file. A forced rescind hot-removes lpar1's device (the
 /// guest unmaps it and ejects).
 #[test]
-fn q35_grant_mapped_by_ivshmem() {
+fn qemu_q35_grant_mapped_by_ivshmem() {
     let seed = 5;
     let sys = Sys::start(
         "ivshmem",

@@ -4,36 +4,21 @@
 //! Timings are printed with eprintln (`--nocapture`).
 
 use lparhv::lab::{GuestPlan, Lab, LabSpec};
-use lparhv::machine::qemu::{self, AccelChoice, GuestExit};
+use lparhv::machine::qemu::GuestExit;
 use lparhv::storage::pause::PauseLimits;
 use lparhv::storage::vios;
 use lparos_kernel::writer_log;
 use std::time::{Duration, Instant};
+use support::events::{events_named, num};
+use support::image::{accel, kernel, scratch};
+use tempfile::TempDir;
 
-fn num(ev: &lparhv::Event, key: &str) -> u64 {
-    ev.get(key).unwrap_or_else(|| panic!("{ev:?} has no {key}")).parse().unwrap()
-}
+mod support;
 
-fn events(g: &lparhv::machine::qemu::Guest, name: &str) -> Vec<lparhv::Event> {
-    g.console().iter().filter_map(|l| lparhv::parse_event(&l.text).filter(|e| e.name == name)).collect()
-}
-
-struct Scratch(std::path::PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn lab(tag: &str, guests: Vec<GuestPlan>, down: Duration) -> (Lab, Scratch) {
-    let kernel = qemu::test_kernel();
-    assert!(kernel.is_file(), "kernel image {} missing: run ./run.sh build", kernel.display());
-    let d = qemu::choose_accel(AccelChoice::Auto, &kernel).unwrap();
-    eprintln!("accelerator {} ({})", d.accel, d.reason);
-    let dir = std::env::temp_dir().join(format!("lps-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let spec = LabSpec { dir: dir.clone(), kernel, accel: d.accel, vios: "vios1".into(), guests, down, echo: false };
-    (Lab::start(&spec).unwrap(), Scratch(dir))
+fn lab(tag: &str, guests: Vec<GuestPlan>, down: Duration) -> (Lab, TempDir) {
+    let dir = scratch(tag);
+    let spec = LabSpec { dir: dir.path().to_path_buf(), kernel: kernel(), accel: accel(), vios: "vios1".into(), guests, down, echo: false };
+    (Lab::start(&spec).unwrap(), dir)
 }
 
 /// Wait for `name`'s writer to be registered (or not) and writing.
@@ -57,7 +42,7 @@ fn finish(lab: &mut Lab, name: &str, expect_exit: GuestExit) -> (u64, u64, lparh
 }
 
 #[test]
-fn planned_restart_with_pause_resume_and_an_initiator_that_ignores_pause() {
+fn qemu_planned_restart_with_pause_resume_and_an_initiator_that_ignores_pause() {
     let mut good = GuestPlan::writer("p-good", 0x5101, true);
     good.stop_after = Some(2500);
     let mut deaf = GuestPlan::writer("p-deaf", 0x5102, true);
@@ -81,7 +66,7 @@ fn planned_restart_with_pause_resume_and_an_initiator_that_ignores_pause() {
     let (res, _) = g.wait_event("vios_resume", Duration::from_secs(10)).unwrap();
     eprintln!("p-good: {pc:?} {res:?}");
     let d = &mut lab.guest("p-deaf").unwrap().guest;
-    assert!(!events(d, "vios_pause_ignored").is_empty());
+    assert!(!events_named(&d.console_log(), "vios_pause_ignored").is_empty());
     for name in ["p-good", "p-deaf"] {
         let (acked, errors, done) = finish(&mut lab, name, GuestExit::Code(0));
         eprintln!("{name}: {done:?}");
@@ -91,7 +76,7 @@ fn planned_restart_with_pause_resume_and_an_initiator_that_ignores_pause() {
 }
 
 #[test]
-fn crash_freezes_registered_guest_and_unregistered_guest_sees_errors() {
+fn qemu_crash_freezes_registered_guest_and_unregistered_guest_sees_errors() {
     let mut reg = GuestPlan::writer("c-reg", 0x5201, true);
     reg.stop_after = Some(3000);
     let mut unreg = GuestPlan::writer("c-unreg", 0x5202, false);
@@ -125,7 +110,7 @@ fn crash_freezes_registered_guest_and_unregistered_guest_sees_errors() {
 }
 
 #[test]
-fn vios_that_never_comes_back_ends_in_an_orderly_shutdown() {
+fn qemu_vios_that_never_comes_back_ends_in_an_orderly_shutdown() {
     let mut g = GuestPlan::writer("n-gone", 0x5301, true);
     g.extra_cmdline = "vios_connect_ms=2000".into();
     let (mut lab, _s) = lab("nb", vec![g], Duration::from_secs(1));
@@ -155,7 +140,7 @@ fn vios_that_never_comes_back_ends_in_an_orderly_shutdown() {
 }
 
 #[test]
-fn power_button_ends_the_writer_with_its_acknowledgement_high_water_mark() {
+fn qemu_power_button_ends_the_writer_with_its_acknowledgement_high_water_mark() {
     let (mut lab, _s) = lab("pb", vec![GuestPlan::writer("pb-1", 0x5401, true)], Duration::from_secs(1));
     ready(&mut lab, "pb-1");
     // Let it write on, so that the mark is unlikely to fall on an io_ack.
@@ -170,7 +155,7 @@ fn power_button_ends_the_writer_with_its_acknowledgement_high_water_mark() {
     assert_eq!(lg.guest.wait_exit(Duration::from_secs(20)).unwrap(), GuestExit::PoweredOff);
     // The high-water mark is exact, not rounded down to the last io_ack.
     let acked = num(&done, "acked");
-    let last_ack_line = events(&lg.guest, "io_ack").last().map(|e| num(e, "acked")).unwrap();
+    let last_ack_line = events_named(&lg.guest.console_log(), "io_ack").last().map(|(e, _)| num(e, "acked")).unwrap();
     assert!(acked >= last_ack_line, "{acked} < {last_ack_line}");
     let c = vios::verify_writer_log(&lg.image, "data", lg.plan.seed, acked).unwrap();
     assert_eq!((c.checked, c.intact, c.lost), (acked, acked, 0), "every acknowledged write up to the last one is on the image: {c:?}");
@@ -203,11 +188,8 @@ fn write_log_on_host(image: &std::path::Path, seed: u64, seqs: std::ops::RangeIn
 /// the newest 8192, and a loss anywhere in that window is found.
 #[test]
 fn writer_log_check_wraps_past_its_8192_record_window() {
-    let dir = std::env::temp_dir().join(format!("lps-wrap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _s = Scratch(dir.clone());
-    let image = dir.join("wrap.img");
+    let dir = scratch("wrap");
+    let image = dir.path().join("wrap.img");
     rootvg::host::create_image_from_toml(&lparhv::lab::rootvg_spec(), &image).unwrap();
     let seed = 0x5501;
     let acked = 8192 + 8192 / 2 + 37;

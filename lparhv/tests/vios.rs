@@ -8,8 +8,9 @@
 //! error). Every acknowledged write is read back from the image.
 //! Timings are printed with eprintln (`--nocapture` to see them).
 
-mod harness;
-use harness::{kernel, Scratch};
+mod support;
+use support::events::{events_named, num};
+use support::image::{kernel, scratch};
 
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
 use lparhv::machine::qmp::Qmp;
@@ -34,25 +35,16 @@ fn writer_guest(name: &str, vios: &Vios, reconnect_delay: u32, seed: u64, stop_a
     Guest::spawn(&s, false).unwrap()
 }
 
-fn num(ev: &lparhv::Event, key: &str) -> u64 {
-    ev.get(key).unwrap_or_else(|| panic!("{ev:?} has no {key}")).parse().unwrap()
-}
-
-/// Guest console events named `name`, with their arrival times.
-fn events(g: &Guest, name: &str) -> Vec<(lparhv::Event, Instant)> {
-    g.console().iter().filter_map(|l| lparhv::parse_event(&l.text).filter(|e| e.name == name).map(|e| (e, l.at))).collect()
-}
-
 #[test]
-fn vios_supervision_restart_crash_and_cleanup() {
-    let dir = Scratch::new("sup");
-    let img = dir.0.join("a.img");
+fn qemu_vios_supervision_restart_crash_and_cleanup() {
+    let dir = scratch("sup");
+    let img = dir.path().join("a.img");
     std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
-    assert!(Vios::start("bad", &[Lun::new("x", &dir.0.join("missing.img"))], &dir.0).is_err());
-    assert!(Vios::start("bad", &[Lun::new("a b", &img)], &dir.0).is_err());
+    assert!(Vios::start("bad", &[Lun::new("x", &dir.path().join("missing.img"))], dir.path()).is_err());
+    assert!(Vios::start("bad", &[Lun::new("a b", &img)], dir.path()).is_err());
 
     let t = Instant::now();
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     eprintln!("vios start → serving: {:?}", t.elapsed());
     let sock = v.socket().to_path_buf();
     assert!(v.is_serving(Duration::from_secs(2)));
@@ -84,10 +76,10 @@ fn vios_supervision_restart_crash_and_cleanup() {
 const SEED: u64 = 0x5eed_0001;
 
 #[test]
-fn guest_activates_rootvg_on_nbd_lun_and_every_acked_write_is_on_disk() {
-    let dir = Scratch::new("w");
-    let img = rootvg_image(&dir.0);
-    let v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+fn qemu_guest_activates_rootvg_on_nbd_lun_and_every_acked_write_is_on_disk() {
+    let dir = scratch("w");
+    let img = rootvg_image(dir.path());
+    let v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let n = 300;
     let mut g = writer_guest("rootvg-writer", &v, 5, SEED, n);
     let (act, _) = g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
@@ -97,7 +89,7 @@ fn guest_activates_rootvg_on_nbd_lun_and_every_acked_write_is_on_disk() {
     let (done, t_done) = g.wait_event("io_done", Duration::from_secs(120)).unwrap();
     assert_eq!((num(&done, "acked"), num(&done, "errors"), num(&done, "retries")), (n, 0, 0), "{done:?}");
     assert_eq!(g.wait_exit(Duration::from_secs(10)).unwrap(), GuestExit::Code(0));
-    assert_eq!(events(&g, "io_ack").len() as u64, n / 50);
+    assert_eq!(events_named(&g.console_log(), "io_ack").len() as u64, n / 50);
     let secs = (t_done - t_start).as_secs_f64();
     eprintln!(
         "{n} durable 4 KiB writes (write + flush) in {secs:.2} s: {:.0}/s, slowest ack {} us",
@@ -124,10 +116,10 @@ fn guest_activates_rootvg_on_nbd_lun_and_every_acked_write_is_on_disk() {
 const TOTAL: u64 = 1500;
 
 #[test]
-fn planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
-    let dir = Scratch::new("pr");
-    let img = rootvg_image(&dir.0);
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+fn qemu_planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
+    let dir = scratch("pr");
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let mut g = writer_guest("planned", &v, 10, SEED + 1, TOTAL);
     g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
     g.wait_event_where(Duration::from_secs(60), |e| e.name == "io_ack").unwrap();
@@ -141,8 +133,9 @@ fn planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
     assert!(t_done > restarted, "the writer finished before the restart: raise TOTAL");
     assert_eq!(g.wait_exit(Duration::from_secs(10)).unwrap(), GuestExit::Code(0), "guest failed: {done:?}");
     assert_eq!((num(&done, "acked"), num(&done, "errors"), num(&done, "retries")), (TOTAL, 0, 0), "{done:?}");
-    assert!(events(&g, "io_error").is_empty());
-    let slow: Vec<String> = events(&g, "io_slow").iter().map(|(e, _)| format!("seq {} {} us", num(e, "seq"), num(e, "us"))).collect();
+    assert!(events_named(&g.console_log(), "io_error").is_empty());
+    let slow: Vec<String> =
+        events_named(&g.console_log(), "io_slow").iter().map(|(e, _)| format!("seq {} {} us", num(e, "seq"), num(e, "us"))).collect();
     eprintln!(
         "planned restart: host outage {:?} (stop {:?}, start {:?}); guest: slowest ack {} us; slow acks: {:?}",
         r.outage,
@@ -157,10 +150,10 @@ fn planned_vios_restart_is_invisible_to_the_guest_and_loses_nothing() {
 }
 
 #[test]
-fn vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_survives() {
-    let dir = Scratch::new("cr");
-    let img = rootvg_image(&dir.0);
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+fn qemu_vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_survives() {
+    let dir = scratch("cr");
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let delay = 1;
     let mut g = writer_guest("unregistered", &v, delay, SEED + 2, TOTAL);
     g.wait_event("rootvg_active", Duration::from_secs(60)).unwrap();
@@ -184,13 +177,13 @@ fn vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_sur
     let (acked, errors, retries) = (num(&done, "acked"), num(&done, "errors"), num(&done, "retries"));
     assert_eq!((acked, done.get("gave_up")), (TOTAL, Some("0")), "retries carried the writer through: {done:?}");
     assert!(errors > 0 && retries == errors, "{done:?}");
-    assert_eq!(events(&g, "io_error").len() as u64, errors);
-    let reverify = events(&g, "rootvg_reverify");
+    assert_eq!(events_named(&g.console_log(), "io_error").len() as u64, errors);
+    let reverify = events_named(&g.console_log(), "rootvg_reverify");
     assert!(
         !reverify.is_empty() && reverify.iter().all(|(e, _)| e.get("ok") == Some("1")),
         "metadata re-verified after the outage: {reverify:?}"
     );
-    let (last_err, t_last) = events(&g, "io_error").pop().unwrap();
+    let (last_err, t_last) = events_named(&g.console_log(), "io_error").pop().unwrap();
     eprintln!(
         "crash: guest saw {errors} I/O errors ({retries} retries) between {:?} and {:?} after the kill; slowest ack {} us; last error {last_err:?}",
         first_error_after,
@@ -207,10 +200,10 @@ fn vios_crash_beyond_reconnect_delay_gives_errors_that_the_guest_retries_and_sur
 /// sees no error, and after the VIOS is back a `cont` lets the writer
 /// finish without a single error and with every ack on disk.
 #[test]
-fn werror_stop_pauses_the_guest_instead_of_failing_its_io() {
-    let dir = Scratch::new("st");
-    let img = rootvg_image(&dir.0);
-    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], &dir.0).unwrap();
+fn qemu_werror_stop_pauses_the_guest_instead_of_failing_its_io() {
+    let dir = scratch("st");
+    let img = rootvg_image(dir.path());
+    let mut v = Vios::start("vios1", &[Lun::new("lun0", &img)], dir.path()).unwrap();
     let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).unwrap();
     let mut s = GuestSpec::new("werror-stop", &kernel(), d.accel);
     s.cmdline = format!("quiet rootvg=on vios_test=writer:{} vios_test_stop_after={TOTAL}", SEED + 3);
@@ -218,7 +211,7 @@ fn werror_stop_pauses_the_guest_instead_of_failing_its_io() {
     disk.werror = vios::ErrorPolicy::Stop;
     disk.rerror = vios::ErrorPolicy::Stop;
     s.extra = disk.qemu_args("rootlun");
-    let qmp_sock = dir.0.join("qmp.sock");
+    let qmp_sock = dir.path().join("qmp.sock");
     s.extra.extend(["-qmp".into(), format!("unix:{},server=on,wait=off", qmp_sock.display())]);
     let mut g = Guest::spawn(&s, false).unwrap();
     let mut q = Qmp::connect(&qmp_sock, Duration::from_secs(30)).unwrap();
@@ -238,15 +231,15 @@ fn werror_stop_pauses_the_guest_instead_of_failing_its_io() {
     v.start_again().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(q.query_status().unwrap(), paused, "the VIOS coming back does not resume the guest by itself");
-    assert!(events(&g, "io_error").is_empty(), "werror=stop hides the error from the guest");
-    assert!(events(&g, "io_done").is_empty());
-    let acks_while_paused = events(&g, "io_ack").len();
+    assert!(events_named(&g.console_log(), "io_error").is_empty(), "werror=stop hides the error from the guest");
+    assert!(events_named(&g.console_log(), "io_done").is_empty());
+    let acks_while_paused = events_named(&g.console_log(), "io_ack").len();
 
     q.execute("cont", None).unwrap();
     q.wait_event("RESUME", Duration::from_secs(10)).unwrap();
     assert_eq!(q.query_status().unwrap(), ("running".to_string(), true));
     let (done, _) = g.wait_event("io_done", Duration::from_secs(180)).unwrap();
-    assert!(events(&g, "io_ack").len() > acks_while_paused, "the writer went on after `cont`");
+    assert!(events_named(&g.console_log(), "io_ack").len() > acks_while_paused, "the writer went on after `cont`");
     assert_eq!((num(&done, "acked"), num(&done, "errors"), num(&done, "retries")), (TOTAL, 0, 0), "{done:?}");
     assert_eq!(g.wait_exit(Duration::from_secs(10)).unwrap(), GuestExit::Code(0), "{done:?}");
     drop(v);

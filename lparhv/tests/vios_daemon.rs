@@ -10,51 +10,20 @@
 use lparhv::config::SystemConfig;
 use lparhv::control::{self, ControlRequest, ViosAction};
 use lparhv::daemon::Daemon;
-use lparhv::machine::qemu::{self, AccelChoice};
 use lparhv::owner::OsCookieSource;
-use lparhv::slots::commands::ConsoleLog;
 use lparhv::state::{Runtime, StatusView};
 use lparhv::storage::served::ServerView;
 use lparhv::storage::vios;
-use lparhv::{parse_event, Event};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
+use support::events::{num, Events};
+use support::image::{accel, kernel, scratch};
+
+mod support;
 
 const SEED: u64 = 0x5d01;
 const WRITES: u64 = 4000;
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The next event `name` after console line `from`; returns it and the
-/// index after it.
-fn wait_event(log: &ConsoleLog, name: &str, from: usize, limit: Duration) -> (Event, usize) {
-    let until = Instant::now() + limit;
-    loop {
-        {
-            let lines = log.lock().unwrap();
-            for (i, l) in lines.iter().enumerate().skip(from) {
-                if let Some(e) = parse_event(&l.text).filter(|e| e.name == name) {
-                    return (e, i + 1);
-                }
-            }
-            if Instant::now() >= until {
-                let tail: Vec<&str> = lines.iter().rev().take(30).map(|l| l.text.as_str()).collect();
-                panic!("no {name} event within {limit:?}; console (last lines, newest first): {tail:#?}");
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn num(e: &Event, key: &str) -> u64 {
-    e.get(key).unwrap_or_else(|| panic!("{e:?} has no {key}")).parse().unwrap()
-}
 
 fn vios_op(control: &Path, action: ViosAction, name: &str) -> Value {
     let reply = control::request(control, &ControlRequest::Vios { action, name: Some(name.into()) }).unwrap();
@@ -72,16 +41,12 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-fn configured_vios_restart_and_crash_through_the_control_socket() {
+fn qemu_configured_vios_restart_and_crash_through_the_control_socket() {
     let t0 = Instant::now();
-    let kernel = qemu::test_kernel();
-    assert!(kernel.is_file(), "kernel image {} missing: run ./run.sh build", kernel.display());
-    let accel = qemu::choose_accel(AccelChoice::Auto, &kernel).unwrap();
-    eprintln!("accelerator {} ({})", accel.accel, accel.reason);
-    let dir = PathBuf::from(format!("/tmp/lps-vd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let _scratch = Scratch(dir.clone());
+    let kernel = kernel();
+    let accel = accel();
+    let scratch = scratch("vd");
+    let dir = scratch.path();
     let image = dir.join("lun0.img");
     rootvg::host::create_image_from_toml(&lparhv::lab::rootvg_spec(), &image).unwrap();
     let text = format!(
@@ -101,9 +66,9 @@ fn configured_vios_restart_and_crash_through_the_control_socket() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut daemon = rt.block_on(Daemon::start(&config, Box::new(OsCookieSource))).unwrap();
-    daemon.start_partitions(accel.accel, false).unwrap();
+    daemon.start_partitions(accel, false).unwrap();
     let system = daemon.system().clone();
-    let log = daemon.slots().console("vd1").unwrap();
+    let mut log = Events::new("vd1", &daemon.slots().console("vd1").unwrap());
     let list: Vec<ServerView> =
         serde_json::from_value(control::call(&control, &ControlRequest::Vios { action: ViosAction::List, name: None }).unwrap()).unwrap();
     assert_eq!(list.len(), 1);
@@ -111,9 +76,9 @@ fn configured_vios_restart_and_crash_through_the_control_socket() {
     let mut pids: Vec<u32> = list[0].pid.into_iter().collect();
 
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let (reg, at) = wait_event(&log, "vios_registered", 0, Duration::from_secs(30));
+        let reg = log.wait_name("vios_registered", Duration::from_secs(30));
         assert_eq!((reg.get("ok"), reg.get("server")), (Some("1"), Some("vios1")), "vios= came from the config: {reg:?}");
-        let (_, at) = wait_event(&log, "io_ack", at, Duration::from_secs(30));
+        log.wait_name("io_ack", Duration::from_secs(30));
 
         // Planned: PAUSE/RESUME around a graceful restart.
         let r = vios_op(&control, ViosAction::Restart, "vios1");
@@ -121,11 +86,11 @@ fn configured_vios_restart_and_crash_through_the_control_socket() {
         let quiesced: Vec<&str> = r["quiesced"].as_array().unwrap().iter().map(|q| q["partition"].as_str().unwrap()).collect();
         assert_eq!(quiesced, vec!["vd1"], "{r}");
         assert!(names(&r["not_quiesced"]).is_empty() && names(&r["no_session"]).is_empty(), "{r}");
-        let (pc, at2) = wait_event(&log, "vios_pause_complete", at, Duration::from_secs(10));
+        let pc = log.wait_name("vios_pause_complete", Duration::from_secs(10));
         assert_eq!(pc.get("ok"), Some("1"), "{pc:?}");
-        let (res, at2) = wait_event(&log, "vios_resume", at2, Duration::from_secs(10));
+        let res = log.wait_name("vios_resume", Duration::from_secs(10));
         eprintln!("guest: {pc:?} {res:?}");
-        let (ack, at2) = wait_event(&log, "io_ack", at2, Duration::from_secs(20));
+        let ack = log.wait_name("io_ack", Duration::from_secs(20));
         eprintln!("writing again after RESUME: {ack:?}");
 
         // Unplanned: the storage daemon is killed; lparhv freezes vd1.
@@ -139,13 +104,13 @@ fn configured_vios_restart_and_crash_through_the_control_socket() {
         assert!(f["outage_ms"].as_f64().unwrap() >= 1000.0, "down_ms respected: {f}");
         let to_stop = f["qmp_connect_ms"].as_f64().unwrap() + f["freeze_all_ms"].as_f64().unwrap();
         assert!(to_stop < 1000.0, "stop issued well inside the 5 s reconnect-delay: {f}");
-        let (th, at3) = wait_event(&log, "thawed", at2, Duration::from_secs(20));
+        let th = log.wait_name("thawed", Duration::from_secs(20));
         assert!(num(&th, "frozen_ms") >= 900, "{th:?}");
-        let (rv, at3) = wait_event(&log, "rootvg_reverified", at3, Duration::from_secs(20));
+        let rv = log.wait_name("rootvg_reverified", Duration::from_secs(20));
         assert_eq!(rv.get("ok"), Some("1"), "{rv:?}");
         eprintln!("guest: {th:?}");
 
-        let (done, _) = wait_event(&log, "io_done", at3, Duration::from_secs(60));
+        let done = log.wait_name("io_done", Duration::from_secs(60));
         eprintln!("{done:?}");
         assert_eq!((num(&done, "acked"), num(&done, "errors")), (WRITES, 0), "no I/O error, every write acknowledged: {done:?}");
         let acked_at_crash = num(&ack, "acked");

@@ -1,7 +1,7 @@
 //! `lparhv boot`: one guest with a virtio disk and NIC, console on stdout,
 //! until it exits, the time-out passes, or Ctrl-C.
 
-use super::{interrupted, Ctx, Scratch};
+use super::{interrupted, scratch, Ctx};
 use anyhow::{bail, Result};
 use clap::Args;
 use lparhv::machine::qemu::{Disk, Guest, GuestExit, GuestSpec, Machine, Nic};
@@ -33,7 +33,7 @@ pub struct BootArgs {
 
 pub fn run(ctx: &Ctx, args: BootArgs) -> Result<()> {
     let decision = ctx.accel()?;
-    let scratch = Scratch::new("boot")?;
+    let scratch = scratch("boot")?;
     let disk = match args.disk {
         Some(d) => {
             if !d.is_file() {
@@ -42,13 +42,13 @@ pub fn run(ctx: &Ctx, args: BootArgs) -> Result<()> {
             d
         }
         None => {
-            let d = scratch.0.join("disk.img");
+            let d = scratch.path().join("disk.img");
             std::fs::File::create(&d)?.set_len(16 << 20)?;
             d
         }
     };
-    let port = scratch.0.join("nic0.sock");
-    let switch = VSwitch::start(&scratch.0.join("switch.sock"), vec![port.clone()])?;
+    let port = scratch.path().join("nic0.sock");
+    let switch = VSwitch::start(&scratch.path().join("switch.sock"), vec![port.clone()])?;
     let mut spec = GuestSpec::new("lparos", &ctx.kernel, decision.accel);
     spec.memory_mib = args.memory;
     spec.machine = if args.machine == "pc" { Machine::Pc } else { Machine::Q35 };

@@ -5,7 +5,7 @@
 //! a TCP stream with it, and checks every byte. Prints what happened,
 //! measured.
 
-use super::{interrupted, Ctx, Scratch};
+use super::{interrupted, scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::machine::qemu::{Guest, GuestExit, GuestSpec, Nic};
@@ -58,9 +58,9 @@ fn lan(ctx: &Ctx, guests: usize, count: u32) -> Result<()> {
         bail!("--guests must be between 2 and 8");
     }
     let d = ctx.accel()?;
-    let scratch = Scratch::new("demo-lan")?;
-    let ports: Vec<_> = (1..=guests).map(|i| scratch.0.join(format!("lpar{i}.sock"))).collect();
-    let switch = VSwitch::start(&scratch.0.join("switch.sock"), ports.clone())?;
+    let scratch = scratch("demo-lan")?;
+    let ports: Vec<_> = (1..=guests).map(|i| scratch.path().join(format!("lpar{i}.sock"))).collect();
+    let switch = VSwitch::start(&scratch.path().join("switch.sock"), ports.clone())?;
     println!("== demo lan: {guests} partitions on one virtual LAN, accelerator {}", d.accel);
     let started = Instant::now();
     let mut parts = Vec::new();

@@ -23,16 +23,17 @@
 //! last acknowledged record in the image after the kill and before the
 //! takeover; the check must then fail naming that record.
 
-use super::{interrupted, Ctx, Scratch};
+use super::{interrupted, scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lparhv::config::SystemConfig;
 use lparhv::daemon::Daemon;
+use lparhv::machine::console::{EventStream, WaitError};
 use lparhv::machine::detached::console_path;
 use lparhv::owner::OsCookieSource;
 use lparhv::parse_event;
 use lparhv::pattern::SECTOR;
-use lparhv::slots::commands::{ConsoleLog, SlotControl};
+use lparhv::slots::commands::SlotControl;
 use lparhv::Event;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,39 +56,20 @@ pub struct FailoverArgs {
     pub plant_lost_record: bool,
 }
 
-/// The next event in `log` at or after line `*from` that `want` accepts;
-/// advances `*from` past it.
-fn wait_event(
-    log: &ConsoleLog,
-    from: &mut usize,
-    timeout: Duration,
-    what: &str,
-    want: impl Fn(&Event) -> bool,
-) -> Result<(Event, Instant)> {
+/// The next event on `events` that `want` accepts, within `timeout`; Ctrl-C
+/// is noticed within 100 ms.
+fn wait_event(events: &mut EventStream, timeout: Duration, what: &str, want: impl Fn(&Event) -> bool) -> Result<(Event, Instant)> {
     let deadline = Instant::now() + timeout;
     loop {
-        {
-            let lines = log.lock().map_err(|_| anyhow::anyhow!("console log poisoned"))?;
-            while *from < lines.len() {
-                let line = &lines[*from];
-                *from += 1;
-                if let Some(ev) = parse_event(&line.text) {
-                    if ev.name == "panic" || ev.name == "exception" {
-                        bail!("guest failed while waiting for {what}: {}", line.text);
-                    }
-                    if want(&ev) {
-                        return Ok((ev, line.at));
-                    }
-                }
-            }
-        }
         if interrupted() {
             bail!("stopped by Ctrl-C");
         }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
+        match events.next_where_until(deadline.min(Instant::now() + Duration::from_millis(100)), &want) {
+            Ok(found) => return Ok(found),
+            Err(WaitError::TimedOut) if Instant::now() < deadline => {}
+            Err(WaitError::TimedOut) => bail!("timed out after {timeout:?} waiting for {what}"),
+            Err(e) => bail!("{e} while waiting for {what}"),
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -232,11 +214,11 @@ commands = [
 
 pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
     let d = ctx.accel()?;
-    let scratch = Scratch::new("demo-failover")?;
-    let image_path = scratch.0.join("shared.img");
+    let scratch = scratch("demo-failover")?;
+    let image_path = scratch.path().join("shared.img");
     std::fs::File::create(&image_path)?.set_len(8 << 20)?;
-    let path = scratch.0.join("cluster.toml");
-    std::fs::write(&path, config_text(&scratch.0, &ctx.kernel))?;
+    let path = scratch.path().join("cluster.toml");
+    std::fs::write(&path, config_text(scratch.path(), &ctx.kernel))?;
     let config = SystemConfig::load(&path)?;
     println!("== demo failover: active/standby cluster sharing one disk in hot-plug slot 0, accelerator {}", d.accel);
 
@@ -250,16 +232,16 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
 
     let result = (|| -> Result<()> {
         let (l1, l2) = (console("lpar1")?, console("lpar2")?);
-        let (mut i1, mut i2) = (0, 0);
+        let (mut i1, mut i2) = (l1.events(), l2.events());
         let long = Duration::from_secs(60);
-        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 cluster_start", |e| e.name == "cluster_start")?;
+        let (ev, at) = wait_event(&mut i1, long, "lpar1 cluster_start", |e| e.name == "cluster_start")?;
         println!("  {:>8.1} ms  lpar1 starts as {} (it owns slot 0)", ms(at), ev.get("role").unwrap_or("?"));
-        let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 cluster_start", |e| e.name == "cluster_start")?;
+        let (ev, at) = wait_event(&mut i2, long, "lpar2 cluster_start", |e| e.name == "cluster_start")?;
         println!("  {:>8.1} ms  lpar2 starts as {}", ms(at), ev.get("role").unwrap_or("?"));
-        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 service_start", |e| e.name == "service_start")?;
+        let (ev, at) = wait_event(&mut i1, long, "lpar1 service_start", |e| e.name == "service_start")?;
         println!("  {:>8.1} ms  lpar1 service running (records on disk before: {})", ms(at), ev.get("resume_seq").unwrap_or("?"));
         // Let the service work for a while.
-        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 service_ack", |e| acked_record(e).is_some_and(|s| s >= ACKS_BEFORE_KILL))?;
+        let (ev, at) = wait_event(&mut i1, long, "lpar1 service_ack", |e| acked_record(e).is_some_and(|s| s >= ACKS_BEFORE_KILL))?;
         let seen_ack = acked_record(&ev).unwrap_or(0);
         println!("  {:>8.1} ms  lpar1 has acknowledged record {seen_ack} (and keeps going)", ms(at));
         // The kill does not follow an ack the host just saw: the service
@@ -280,7 +262,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         let last_ack = check_before_takeover(&slots, &config.state_dir, &image_path, seen_ack, args.plant_lost_record, t0)?;
 
         let (ev, at) =
-            wait_event(&l2, &mut i2, long, "lpar2 peer_failed", |e| e.name == "cluster_notice" && e.get("what") == Some("peer_failed"))?;
+            wait_event(&mut i2, long, "lpar2 peer_failed", |e| e.name == "cluster_notice" && e.get("what") == Some("peer_failed"))?;
         println!(
             "  {:>8.1} ms  lpar2 declares lpar1 failed (+{:.0} ms after the kill; silent {} ms)",
             ms(at),
@@ -291,7 +273,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         // the guest prints the last two.
         let mut resumed_at: Option<(u64, Instant)> = None;
         let failover_ms = loop {
-            let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 failover", |e| {
+            let (ev, at) = wait_event(&mut i2, long, "lpar2 failover", |e| {
                 matches!(e.name.as_str(), "cluster_action" | "cluster_active" | "service_start")
             })?;
             if ev.name == "service_start" {
@@ -319,7 +301,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         let (resumed, at) = match resumed_at {
             Some(r) => r,
             None => {
-                let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 service_start", |e| e.name == "service_start")?;
+                let (ev, at) = wait_event(&mut i2, long, "lpar2 service_start", |e| e.name == "service_start")?;
                 (ev.get("resume_seq").and_then(|s| s.parse().ok()).unwrap_or(0), at)
             }
         };
@@ -327,7 +309,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         if resumed < last_ack {
             bail!("lpar2 resumed after record {resumed}, but lpar1 had acknowledged {last_ack}");
         }
-        wait_event(&l2, &mut i2, long, "lpar2 service_ack", |e| acked_record(e).is_some())?;
+        wait_event(&mut i2, long, "lpar2 service_ack", |e| acked_record(e).is_some())?;
 
         // The failed partition comes back as the standby.
         let deadline = Instant::now() + long;
@@ -342,8 +324,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut j1 = 0;
-        let (ev, at) = wait_event(&l1b, &mut j1, long, "lpar1 cluster_start after act", |e| e.name == "cluster_start")?;
+        let (ev, at) = wait_event(&mut l1b.events(), long, "lpar1 cluster_start after act", |e| e.name == "cluster_start")?;
         println!("  {:>8.1} ms  lpar1 is back as {}", ms(at), ev.get("role").unwrap_or("?"));
         if ev.get("role") != Some("standby") {
             bail!("lpar1 came back as {:?}, expected standby", ev.get("role"));

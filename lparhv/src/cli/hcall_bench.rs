@@ -22,12 +22,12 @@ use crate::cli::event_u64;
 use anyhow::{anyhow, bail, Context, Result};
 use lparhv::config::SystemConfig;
 use lparhv::daemon::Daemon;
-use lparhv::machine::detached::console_path;
+use lparhv::machine::console::{Console, EventStream, WaitError};
 use lparhv::machine::qemu::Accel;
 use lparhv::owner::OsCookieSource;
 use lparhv::state::lock;
 use lparhv::state::{LogEntry, Shared, EVENT_LOG_LEN};
-use lparos_kernel::event::{parse as parse_event, Event};
+use lparhv::Event;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -71,15 +71,18 @@ fn run_phase(
         let out = started.and_then(|_| {
             // Every guest has a session before the grants go out.
             let deadline = Instant::now() + Duration::from_secs(30);
-            for n in &names {
-                wait_event(&console_path(&state, n), "hcall_up", deadline)?;
+            let consoles = names
+                .iter()
+                .map(|n| daemon.slots().console(n).with_context(|| format!("no console for {n}")))
+                .collect::<Result<Vec<_>>>()?;
+            for (n, console) in names.iter().zip(&consoles) {
+                console.events().next_named_until("hcall_up", deadline).map_err(|e| anyhow!("{n}: waiting for hcall_up: {e}"))?;
             }
             let mut log = LogReader::new(daemon.system());
             for to in grant_to {
                 lock(daemon.system()).owner_grant("shm0", to, None, None).map_err(|e| anyhow!("grant to {to}: {e}"))?;
             }
-            let consoles: Vec<PathBuf> = names.iter().map(|n| console_path(&state, n)).collect();
-            let events = wait_all(&consoles, want, Instant::now() + limit, || log.read_new(daemon.system()))?;
+            let events = wait_all(&names, &consoles, want, Instant::now() + limit, || log.read_new(daemon.system()))?;
             log.read_new(daemon.system())?;
             Ok((events, log.entries))
         });
@@ -91,24 +94,27 @@ fn run_phase(
     result
 }
 
-/// Each console's first event called `want`, polling every 20 ms until all
-/// have one; `on_poll` runs on every round.
-fn wait_all(consoles: &[PathBuf], want: &str, deadline: Instant, mut on_poll: impl FnMut() -> Result<()>) -> Result<Vec<Event>> {
+/// Each console's first event called `want`; `on_poll` runs at least
+/// every 20 ms until all have one.
+fn wait_all(
+    names: &[String],
+    consoles: &[Console],
+    want: &str,
+    deadline: Instant,
+    mut on_poll: impl FnMut() -> Result<()>,
+) -> Result<Vec<Event>> {
+    let mut streams: Vec<EventStream> = consoles.iter().map(Console::events).collect();
     let mut found: Vec<Option<Event>> = vec![None; consoles.len()];
     loop {
         on_poll()?;
-        for (slot, console) in found.iter_mut().zip(consoles) {
-            if slot.is_none() {
-                *slot = find_event(console, want)?;
-            }
-        }
-        if found.iter().all(Option::is_some) {
+        let Some(i) = found.iter().position(Option::is_none) else {
             return Ok(found.into_iter().flatten().collect());
+        };
+        match streams[i].next_named_until(want, deadline.min(Instant::now() + Duration::from_millis(20))) {
+            Ok((e, _)) => found[i] = Some(e),
+            Err(WaitError::TimedOut) if Instant::now() < deadline => {}
+            Err(e) => bail!("{}: waiting for {want}: {e}", names[i]),
         }
-        if Instant::now() > deadline {
-            bail!("no {want} event from every guest in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -147,35 +153,6 @@ fn entries_after(last: Option<u64>, snapshot: Vec<LogEntry>) -> Result<Vec<LogEn
         }
     }
     Ok(fresh)
-}
-
-fn wait_event(console: &Path, name: &str, deadline: Instant) -> Result<Event> {
-    loop {
-        if let Some(e) = find_event(console, name)? {
-            return Ok(e);
-        }
-        if Instant::now() > deadline {
-            bail!("{}: no {name} event in time", console.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The first event called `name` in the console log so far; a guest panic
-/// or exception is an error.
-fn find_event(console: &Path, name: &str) -> Result<Option<Event>> {
-    let Ok(text) = std::fs::read_to_string(console) else { return Ok(None) };
-    for line in text.lines() {
-        if let Some(e) = parse_event(line) {
-            if e.name == "panic" || e.name == "exception" {
-                bail!("{}: guest failed: {line}", console.display());
-            }
-            if e.name == name {
-                return Ok(Some(e));
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// One guest's cycling as the daemon logged it (wall clock, ms).

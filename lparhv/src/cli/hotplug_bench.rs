@@ -17,7 +17,7 @@
 //! One guest, `runs` cycles, min / median / max, the accelerator named.
 
 use super::summary;
-use crate::cli::{Ctx, Scratch};
+use crate::cli::{scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use lparhv::machine::qemu::{Guest, GuestSpec, Machine};
 use lparhv::machine::qmp::{Qmp, QmpEvent};
@@ -30,10 +30,10 @@ pub fn run(ctx: &Ctx, runs: usize, machine: Machine) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let d = ctx.accel()?;
-    let dir = Scratch::new("bench-hotplug")?;
-    let img = dir.0.join("disk.img");
+    let dir = scratch("bench-hotplug")?;
+    let img = dir.path().join("disk.img");
     std::fs::File::create(&img)?.set_len(8 << 20)?;
-    let sock = dir.0.join("qmp.sock");
+    let sock = dir.path().join("qmp.sock");
     let mut spec = GuestSpec::new("bench-hotplug", &ctx.kernel, d.accel);
     spec.machine = machine;
     spec.cmdline = "quiet".into();

@@ -200,21 +200,11 @@ pub fn out(bytes: &[u8]) {
     let _ = o.write_all(bytes).and_then(|_| o.flush());
 }
 
-/// A fresh scratch directory for one run's sockets and disk images,
-/// removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(tag: &str) -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("lparhv-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory `/tmp/lparhv-<tag>-*` for one run's sockets and disk
+/// images, removed when dropped (nothing in it is kept for the user: the
+/// commands print what they found). Under /tmp, so unix socket paths inside
+/// it stay under 108 bytes.
+pub fn scratch(tag: &str) -> Result<tempfile::TempDir> {
+    use anyhow::Context;
+    tempfile::Builder::new().prefix(&format!("lparhv-{tag}-")).tempdir_in("/tmp").context("creating a scratch directory in /tmp")
 }

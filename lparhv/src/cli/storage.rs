@@ -4,7 +4,7 @@
 //! Every figure printed comes from a guest event or a host report; a field
 //! that is missing or not a number fails the command and names the field.
 
-use super::{event_u64, Ctx, Scratch};
+use super::{event_u64, scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use lparhv::lab::{GuestPlan, Lab, LabSpec};
 use lparhv::machine::qemu::{Guest, GuestExit};
@@ -52,14 +52,14 @@ pub fn demo(ctx: &Ctx, guests: usize, down_s: u64) -> Result<()> {
         bail!("--guests must be between 1 and 6");
     }
     let d = ctx.accel()?;
-    let scratch = Scratch::new("dv")?;
+    let scratch = scratch("dv")?;
     let mut plans: Vec<GuestPlan> = (1..=guests).map(|i| GuestPlan::writer(&format!("lpar{i}"), 0xd000 + i as u64, true)).collect();
     plans.push(GuestPlan::writer("unreg", 0xdfff, false));
     println!("== demo vios: {guests} registered partitions + 1 unregistered, rootvg on VIOS vios1, accelerator {}", d.accel);
     println!("   registered: REGISTER_EVENTS at boot, LUN with werror=stop, reconnect-delay 5 s");
     println!("   unregistered: no registration, werror=report, reconnect-delay 1 s (the old behaviour)");
     let spec = LabSpec {
-        dir: scratch.0.clone(),
+        dir: scratch.path().to_path_buf(),
         kernel: ctx.kernel.clone(),
         accel: d.accel,
         vios: "vios1".into(),
@@ -209,10 +209,10 @@ pub fn bench(ctx: &Ctx, runs: usize) -> Result<()> {
     let mut planned = Vec::new();
     let mut crash = Vec::new();
     for run in 0..runs.max(1) {
-        let scratch = Scratch::new(&format!("bv{run}"))?;
+        let scratch = scratch(&format!("bv{run}"))?;
         let plan = GuestPlan::writer("b1", 0xbe00 + run as u64, true);
         let spec = LabSpec {
-            dir: scratch.0.clone(),
+            dir: scratch.path().to_path_buf(),
             kernel: ctx.kernel.clone(),
             accel: d.accel,
             vios: "vios1".into(),
@@ -292,8 +292,8 @@ pub fn bench(ctx: &Ctx, runs: usize) -> Result<()> {
         );
     }
     // Throughput.
-    let scratch = Scratch::new("bvt")?;
-    let kinds = throughput(ctx, d.accel, &scratch.0)?;
+    let scratch = scratch("bvt")?;
+    let kinds = throughput(ctx, d.accel, scratch.path())?;
     println!("-- rootvg throughput over NBD from the VIOS (queue depth 1, LV data; MiB = 2^20 bytes)");
     for (kind, iops, kib_s) in kinds {
         println!("   {kind:<14} {iops:>8} IOPS {:>9.2} MiB/s", kib_s as f64 / 1024.0);

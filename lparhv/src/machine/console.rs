@@ -132,8 +132,13 @@ impl EventStream {
     /// Waits up to `timeout` for the next event line that `want` accepts,
     /// skipping the other lines. A `panic` or `exception` event ends the
     /// wait: the guest cannot send what was waited for.
-    pub fn next_where(&mut self, timeout: Duration, mut want: impl FnMut(&Event) -> bool) -> Result<(Event, Instant), WaitError> {
-        let deadline = Instant::now() + timeout;
+    pub fn next_where(&mut self, timeout: Duration, want: impl FnMut(&Event) -> bool) -> Result<(Event, Instant), WaitError> {
+        self.next_where_until(Instant::now() + timeout, want)
+    }
+
+    /// As [`EventStream::next_where`], but waits until `deadline`: for a
+    /// caller that shares one deadline among several waits.
+    pub fn next_where_until(&mut self, deadline: Instant, mut want: impl FnMut(&Event) -> bool) -> Result<(Event, Instant), WaitError> {
         let mut state = self.console.state();
         loop {
             while let Some(line) = state.get(self.next) {
@@ -160,6 +165,11 @@ impl EventStream {
     /// Waits for the next event line named `name`.
     pub fn next_named(&mut self, name: &str, timeout: Duration) -> Result<(Event, Instant), WaitError> {
         self.next_where(timeout, |e| e.name == name)
+    }
+
+    /// Waits until `deadline` for the next event line named `name`.
+    pub fn next_named_until(&mut self, name: &str, deadline: Instant) -> Result<(Event, Instant), WaitError> {
+        self.next_where_until(deadline, |e| e.name == name)
     }
 
     /// The console this stream reads.
@@ -209,6 +219,17 @@ mod tests {
         assert!(s.next_named("ready", Duration::from_secs(10)).is_ok());
         assert!(started.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_deadline_wait_ends_at_the_deadline_and_finds_what_is_there() {
+        let c = Console::new();
+        let mut s = c.events();
+        let started = Instant::now();
+        assert_eq!(s.next_named_until("ready", started + Duration::from_millis(50)), Err(WaitError::TimedOut));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        c.push("@ev ready t=1".into());
+        assert!(s.next_named_until("ready", started).is_ok(), "a line already there is found after the deadline");
     }
 
     #[test]

@@ -1,7 +1,6 @@
-//! Shared fixture of the owner-table tests: one owner (lp0) with two memory
-//! regions, three clients (lp1..lp3), everyone authorized to share with
-//! everyone, deterministic cookies.
-#![allow(dead_code)]
+//! The owner-table fixture of the property and transition tests: one
+//! owner (lp0) with two memory regions, three clients (lp1..lp3), everyone
+//! authorized to share with everyone, deterministic cookies.
 
 use lparhv::owner::*;
 

@@ -1,37 +1,25 @@
-//! Helpers of the end-to-end tests (tests/grant_e2e.rs) and nothing else:
-//! a managed system in a scratch state directory run by the real daemon,
-//! console files read as event streams, and a raw guest (the real
-//! `hypercall-client` state machine on a host socket) for partitions that
-//! need no QEMU; a raw guest can see lparhv go away and connect again.
+//! A managed system in a scratch directory run by the real daemon, and raw
+//! guests: the real `hypercall-client` state machine on a partition's
+//! channel socket, pumped by the test thread, for partitions that need no
+//! QEMU; a raw guest can see lparhv go away and connect again
+//! (docs/testing.md).
 
-#![allow(dead_code)]
-
+use super::events::Events;
+use super::image::kernel;
 use hypercall_client::hypercall_abi::{Cookie, Event as HcEvent, Name};
 use hypercall_client::{CallError, Client, Handle, Placement, Reply};
 use lparhv::config::SystemConfig;
 use lparhv::daemon::Daemon;
 use lparhv::machine::detached::{console_path, kill_all_recorded};
-use lparhv::machine::qemu::{self, Accel, AccelChoice};
+use lparhv::machine::qemu::Accel;
 use lparhv::owner::OsCookieSource;
 use lparhv::state::lock;
 use lparhv::state::{hcall_socket_path, Shared};
-use lparos_kernel::event::{parse as parse_event, Event};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-pub fn kernel() -> PathBuf {
-    let k = qemu::test_kernel();
-    assert!(k.is_file(), "kernel image {} missing: run ./run.sh build", k.display());
-    k
-}
-
-pub fn accel() -> Accel {
-    let d = qemu::choose_accel(AccelChoice::Auto, &kernel()).expect("accelerator");
-    eprintln!("accelerator: {} ({})", d.accel, d.reason);
-    d.accel
-}
+use tempfile::TempDir;
 
 /// One `[[partition]]`: name, extra command line, owned regions (name, size).
 pub struct Part<'a> {
@@ -40,14 +28,29 @@ pub struct Part<'a> {
     pub memory: &'a [(&'a str, &'a str)],
 }
 
+/// A system's files in a scratch directory: its config and its state
+/// directory. Dropping it kills the QEMUs the state directory records, then
+/// removes everything.
+pub struct SystemFiles {
+    pub config: PathBuf,
+    pub state: PathBuf,
+    /// For the output of a `lparhv up` process.
+    pub log: PathBuf,
+    dir: TempDir,
+}
+
+impl Drop for SystemFiles {
+    fn drop(&mut self) {
+        kill_all_recorded(&self.state);
+    }
+}
+
 /// Writes a config for `parts` (every partition: `hcall=on hcall_name=`)
-/// with state in `/tmp/ge-<tag>-<pid>` (short: unix socket paths), the
-/// owner `hv` with `regions`, and `share` pairs. Returns (config path,
-/// state dir).
-pub fn write_config(tag: &str, regions: &[(&str, &str)], parts: &[Part<'_>], share: &[(&str, &[&str])]) -> (PathBuf, PathBuf) {
-    let state = PathBuf::from(format!("/tmp/ge-{tag}-{}", std::process::id()));
-    let _ = kill_all_recorded(&state);
-    let _ = std::fs::remove_dir_all(&state);
+/// in a scratch directory `/tmp/ge-<tag>-*` (short: unix socket paths), the
+/// owner `hv` with `regions`, and `share` pairs.
+pub fn write_config(tag: &str, regions: &[(&str, &str)], parts: &[Part<'_>], share: &[(&str, &[&str])]) -> SystemFiles {
+    let dir = tempfile::Builder::new().prefix(&format!("ge-{tag}-")).tempdir_in("/tmp").expect("scratch directory");
+    let state = dir.path().join("st");
     let mut t = format!(
         "[system]\nname = \"{tag}\"\nstate_dir = \"{}\"\ngrace_ms = 2000\naccel = \"auto\"\n\n[owner]\nname = \"hv\"\nmemory = [\n",
         state.display()
@@ -75,18 +78,18 @@ pub fn write_config(tag: &str, regions: &[(&str, &str)], parts: &[Part<'_>], sha
         t.push_str(&format!("  {{ from = \"{from}\", to = [{}] }},\n", to.join(", ")));
     }
     t.push_str("]\n");
-    let path = PathBuf::from(format!("/tmp/ge-{tag}-{}.toml", std::process::id()));
-    std::fs::write(&path, t).unwrap();
-    (path, state)
+    let config = dir.path().join("system.toml");
+    std::fs::write(&config, t).unwrap();
+    SystemFiles { config, log: dir.path().join("up.log"), state, dir }
 }
 
 /// The real daemon in this process, with its partitions under QEMU
-/// (detached, as `lparhv up` runs them). Dropping it stops everything.
+/// (detached, as `lparhv up` runs them). Dropping it stops the daemon and
+/// its QEMUs; the [`SystemFiles`] remove the files.
 pub struct InProcess {
     pub rt: tokio::runtime::Runtime,
     pub daemon: Option<Daemon>,
     pub config: SystemConfig,
-    pub config_path: PathBuf,
 }
 
 impl InProcess {
@@ -96,15 +99,16 @@ impl InProcess {
         let mut daemon = rt.block_on(Daemon::start(&config, Box::new(OsCookieSource))).unwrap();
         let names: Vec<String> = qemu_parts.iter().map(|s| s.to_string()).collect();
         daemon.start_named(accel, false, &names).unwrap();
-        InProcess { rt, daemon: Some(daemon), config, config_path: config_path.to_path_buf() }
+        InProcess { rt, daemon: Some(daemon), config }
     }
 
     pub fn system(&self) -> Shared {
         self.daemon.as_ref().unwrap().system().clone()
     }
 
-    pub fn console(&self, name: &str) -> Console {
-        Console::new(&console_path(&self.config.state_dir, name), name)
+    /// The events of partition `name`'s console file, from its start.
+    pub fn console(&self, name: &str) -> Events {
+        Events::of_file(name, &console_path(&self.config.state_dir, name))
     }
 
     pub fn raw(&self, name: &str) -> RawGuest {
@@ -146,68 +150,6 @@ impl Drop for InProcess {
             self.rt.block_on(d.stop());
         }
         kill_all_recorded(&self.config.state_dir);
-        let _ = std::fs::remove_dir_all(&self.config.state_dir);
-        let _ = std::fs::remove_file(&self.config_path);
-    }
-}
-
-/// A partition's console file read as a stream of event lines.
-pub struct Console {
-    path: PathBuf,
-    name: String,
-    offset: usize,
-    pub seen: Vec<String>,
-}
-
-impl Console {
-    pub fn new(path: &Path, name: &str) -> Console {
-        Console { path: path.to_path_buf(), name: name.into(), offset: 0, seen: Vec::new() }
-    }
-
-    /// Skips everything written so far.
-    pub fn skip_to_end(&mut self) {
-        self.offset = std::fs::read(&self.path).map(|b| b.len()).unwrap_or(0);
-    }
-
-    fn next_line(&mut self) -> Option<String> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        let rest = bytes.get(self.offset..)?;
-        let nl = rest.iter().position(|b| *b == b'\n')?;
-        let line = String::from_utf8_lossy(&rest[..nl]).trim_end().to_string();
-        self.offset += nl + 1;
-        self.seen.push(line.clone());
-        Some(line)
-    }
-
-    /// The next event for which `want` is true, within `timeout`. A guest
-    /// panic or exception fails at once.
-    pub fn wait(&mut self, timeout: Duration, mut want: impl FnMut(&Event) -> bool) -> Result<(Event, Instant), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            while let Some(line) = self.next_line() {
-                if let Some(ev) = parse_event(&line) {
-                    if ev.name == "panic" || ev.name == "exception" {
-                        return Err(format!("{}: guest failed: {line}\n{}", self.name, self.tail()));
-                    }
-                    if want(&ev) {
-                        return Ok((ev, Instant::now()));
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{}: no such event within {timeout:?}\n{}", self.name, self.tail()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn wait_name(&mut self, name: &str, timeout: Duration) -> Event {
-        self.wait(timeout, |e| e.name == name).unwrap_or_else(|e| panic!("waiting for {name}: {e}")).0
-    }
-
-    pub fn tail(&self) -> String {
-        let start = self.seen.len().saturating_sub(25);
-        self.seen[start..].iter().map(|l| format!("  | {l}\n")).collect()
     }
 }
 
@@ -345,8 +287,4 @@ fn getrandom_u64() -> u64 {
         let _ = f.read_exact(&mut b);
     }
     u64::from_le_bytes(b) | 1
-}
-
-pub fn field<'a>(e: &'a Event, key: &str) -> &'a str {
-    e.get(key).unwrap_or_else(|| panic!("event {} has no {key}", e.name))
 }
