@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::image::{kernel, scratch, skipped};
+
 const LPARHV: &str = env!("CARGO_BIN_EXE_lparhv");
 
 // Exit codes as documented in docs/lparhv.md.
@@ -21,24 +25,6 @@ const NO_DAEMON: i32 = 4;
 const REFUSED: i32 = 5;
 const NOT_FOUND: i32 = 6;
 const TIMED_OUT: i32 = 7;
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = PathBuf::from(format!("/tmp/lpcli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs lparhv with `args` (no terminal: stdin null, output captured).
 fn lparhv(args: &[&str]) -> Output {
@@ -190,8 +176,8 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn config_error_exits_3_with_file_line_column() {
-    let dir = Scratch::new("cfg");
-    let path = dir.0.join("bad.toml");
+    let dir = scratch("cfg");
+    let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[system]\nname = \"x\"\nstate_dir = \"/tmp/x\"\ngrace_ms = 100\n").unwrap();
     let p = path.to_str().unwrap();
     let (_, stderr) = expect(lparhv(&["up", p, "--check"]), CONFIG, "up --check of a bad config");
@@ -203,20 +189,20 @@ fn config_error_exits_3_with_file_line_column() {
 
 #[test]
 fn no_daemon_exits_4() {
-    let dir = Scratch::new("nod");
-    let absent = dir.0.join("absent.sock");
+    let dir = scratch("nod");
+    let absent = dir.path().join("absent.sock");
     let (_, stderr) = expect(lparhv(&["status", "--control", absent.to_str().unwrap()]), NO_DAEMON, "absent socket");
     assert!(stderr.contains("no lparhv daemon"), "{stderr}");
     // A socket file nobody listens on any more: connection refused.
-    let stale = dir.0.join("stale.sock");
+    let stale = dir.path().join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     expect(lparhv(&["--control", stale.to_str().unwrap(), "resources"]), NO_DAEMON, "stale socket");
 }
 
 #[test]
 fn no_answer_in_time_exits_7_and_a_broken_answer_exits_1() {
-    let dir = Scratch::new("fake");
-    let silent = fake_daemon(&dir.0, None);
+    let dir = scratch("fake");
+    let silent = fake_daemon(dir.path(), None);
     let t = Instant::now();
     let (_, stderr) = expect(
         lparhv_env(&["--control", silent.to_str().unwrap(), "status"], &[("LPARHV_REPLY_TIMEOUT", "1")]),
@@ -226,7 +212,7 @@ fn no_answer_in_time_exits_7_and_a_broken_answer_exits_1() {
     assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
     assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
     std::fs::remove_file(&silent).unwrap();
-    let garbled = fake_daemon(&dir.0, Some("this is not json\n"));
+    let garbled = fake_daemon(dir.path(), Some("this is not json\n"));
     let (_, stderr) = expect(lparhv(&["--control", garbled.to_str().unwrap(), "status"]), INTERNAL, "garbled reply");
     assert!(stderr.contains("unreadable reply"), "{stderr}");
 }
@@ -235,8 +221,8 @@ fn no_answer_in_time_exits_7_and_a_broken_answer_exits_1() {
 /// and exit 5, unknown targets exit 6, global options go anywhere.
 #[test]
 fn daemon_refusals_and_unknown_targets() {
-    let dir = Scratch::new("up");
-    let config = write_config(&dir.0, Path::new("/nonexistent/lparos"), "");
+    let dir = scratch("up");
+    let config = write_config(dir.path(), Path::new("/nonexistent/lparos"), "");
     let up = Up::start(&config, &["--no-start"]);
     let c = config.to_str().unwrap();
 
@@ -258,7 +244,7 @@ fn daemon_refusals_and_unknown_targets() {
     let (before, after): (serde_json::Value, serde_json::Value) =
         (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
     assert_eq!(before["partitions"], after["partitions"]);
-    let socket = dir.0.join("st/control.sock");
+    let socket = dir.path().join("st/control.sock");
     expect(lparhv(&["--control", socket.to_str().unwrap(), "slots"]), 0, "--control before");
 
     let status = up.status_json();
@@ -288,23 +274,19 @@ fn has_script() -> bool {
     Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-fn kernel() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var_os("LPAROS_KERNEL")?);
-    path.is_file().then_some(path)
-}
-
 /// One real partition under TCG: on a terminal `up` says when it starts
 /// and when it is ready; its state reads `running`, then after a SIGKILL
 /// of its QEMU `crashed (signal 9)`; `--json` keeps the machine form.
 #[test]
-fn status_states_in_words_and_boot_progress() {
-    let (Some(kernel), true) = (kernel(), has_script()) else {
-        eprintln!("SKIPPED: needs LPAROS_KERNEL (./run.sh build) and util-linux `script`");
+fn qemu_status_states_in_words_and_boot_progress() {
+    if !has_script() {
+        skipped("qemu_status_states_in_words_and_boot_progress", "needs util-linux `script` (a pseudo-terminal)");
         return;
-    };
-    let dir = Scratch::new("boot");
-    let config = write_config(&dir.0, &kernel, "");
-    let transcript = dir.0.join("terminal.txt");
+    }
+    let kernel = kernel();
+    let dir = scratch("boot");
+    let config = write_config(dir.path(), &kernel, "");
+    let transcript = dir.path().join("terminal.txt");
     let up = up_on_terminal(&config, &transcript);
     let c = config.to_str().unwrap();
 
@@ -312,7 +294,7 @@ fn status_states_in_words_and_boot_progress() {
     let pid = loop {
         let s = up.status_json();
         let p = &s["partitions"][0];
-        let console = std::fs::read_to_string(dir.0.join("st/console/lpar1.log")).unwrap_or_default();
+        let console = std::fs::read_to_string(dir.path().join("st/console/lpar1.log")).unwrap_or_default();
         if p["runtime"]["state"] == "running" && console.lines().any(|l| lparhv::parse_event(l).is_some_and(|e| e.name == "ready")) {
             break p["runtime"]["pid"].as_u64().unwrap();
         }
@@ -322,8 +304,8 @@ fn status_states_in_words_and_boot_progress() {
     let (table, _) = expect(lparhv(&["-c", c, "status"]), 0, "status");
     assert!(table.contains(&format!("running, pid {pid}")), "{table}");
 
-    // SAFETY: kill(2) of the QEMU pid the daemon reported for lpar1.
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let qemu = lparhv::machine::process::Process::open(pid as u32).expect("lpar1's QEMU");
+    qemu.signal(rustix::process::Signal::KILL).expect("SIGKILL lpar1's QEMU");
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let (table, _) = expect(lparhv(&["status", "-c", c]), 0, "status");
@@ -347,17 +329,18 @@ fn status_states_in_words_and_boot_progress() {
 
 /// The KVM probe line is printed on a terminal and not in a pipe.
 #[test]
-fn probe_line_only_on_a_terminal() {
-    let (Some(kernel), true) = (kernel(), has_script()) else {
-        eprintln!("SKIPPED: needs LPAROS_KERNEL (./run.sh build) and util-linux `script`");
+fn qemu_probe_line_only_on_a_terminal() {
+    if !has_script() {
+        skipped("qemu_probe_line_only_on_a_terminal", "needs util-linux `script` (a pseudo-terminal)");
         return;
-    };
-    let dir = Scratch::new("probe");
+    }
+    let kernel = kernel();
+    let dir = scratch("probe");
     let k = kernel.to_str().unwrap();
     let (_, piped) = expect(lparhv(&["accel", "--kernel", k]), 0, "accel in a pipe");
     assert!(!piped.contains("checking whether KVM"), "progress in a pipe: {piped}");
     assert!(piped.contains("accelerator"), "{piped}");
-    let transcript = dir.0.join("terminal.txt");
+    let transcript = dir.path().join("terminal.txt");
     let out = Command::new("script")
         .args(["-qefc", &format!("{LPARHV} accel --kernel {k}"), transcript.to_str().unwrap()])
         .env_remove("LPAROS_ACCEL")
@@ -382,8 +365,8 @@ fn completions_and_man_pages() {
     let (page, _) = expect(lparhv(&["man"]), 0, "man");
     assert!(page.contains(".TH lparhv 1"), "not a man page: {}", &page[..page.len().min(200)]);
     assert!(page.contains("deact"), "the page lacks the commands");
-    let dir = Scratch::new("man");
-    expect(lparhv(&["man", "--dir", dir.0.to_str().unwrap()]), 0, "man --dir");
-    let status = std::fs::read_to_string(dir.0.join("lparhv-status.1")).unwrap();
+    let dir = scratch("man");
+    expect(lparhv(&["man", "--dir", dir.path().to_str().unwrap()]), 0, "man --dir");
+    let status = std::fs::read_to_string(dir.path().join("lparhv-status.1")).unwrap();
     assert!(status.contains(".TH lparhv-status 1"), "{status}");
 }

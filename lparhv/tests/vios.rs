@@ -68,8 +68,7 @@ fn qemu_vios_supervision_restart_crash_and_cleanup() {
     let pid = v.pid().unwrap();
     drop(v);
     assert!(!sock.exists(), "socket removed on drop");
-    // SAFETY: signal 0 only checks whether the (reaped) pid still exists.
-    let alive = unsafe { libc::kill(pid as i32, 0) } == 0;
+    let alive = lparhv::machine::process::Process::open(pid).is_ok();
     assert!(!alive, "daemon {pid} outlived its Vios");
 }
 

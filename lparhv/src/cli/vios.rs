@@ -15,8 +15,10 @@ use super::{interrupted, Ctx};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::control::{self, ControlRequest, ViosAction};
+use lparhv::machine::process::Process;
 use lparhv::storage::served::ServerView;
 use lparhv::storage::vios::{Lun, Vios};
+use rustix::process::Signal;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -122,7 +124,7 @@ fn disturb(ctx: &Ctx, dir: &Path, d: Disturb, action: ViosAction) -> Result<()> 
         Ok(s) => s,
         Err(no_system) => {
             if pid_file(dir, &d.name).is_file() {
-                let (sig, what) = if action == ViosAction::Restart { (libc::SIGUSR1, "planned restart") } else { (libc::SIGUSR2, "crash") };
+                let (sig, what) = if action == ViosAction::Restart { (Signal::USR1, "planned restart") } else { (Signal::USR2, "crash") };
                 return signal(dir, &d.name, sig, what);
             }
             bail!("{no_system:#} (nor is there a `lparhv vios serve {}` in {})", d.name, dir.display());
@@ -227,19 +229,17 @@ fn serve(dir: &Path, name: &str, luns: &[String], down: u64) -> Result<()> {
     result
 }
 
-fn signal(dir: &Path, name: &str, sig: libc::c_int, what: &str) -> Result<()> {
+fn signal(dir: &Path, name: &str, sig: Signal, what: &str) -> Result<()> {
     let path = pid_file(dir, name);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("no running `lparhv vios serve {name}` ({} missing)", path.display()))?;
-    let pid: libc::pid_t = text.trim().parse().with_context(|| format!("{}: bad pid", path.display()))?;
+    let pid: u32 = text.trim().parse().with_context(|| format!("{}: bad pid", path.display()))?;
     if pid <= 1 {
         bail!("{}: bad pid {pid}", path.display());
     }
-    // SAFETY: kill(2) with a pid read from our own pid file; a stale file
-    // gives ESRCH, reported below.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        bail!("vios {name} (pid {pid}): {}", std::io::Error::last_os_error());
-    }
+    // A stale pid file names no process (or, once pinned, the signal fails):
+    // both are reported.
+    Process::open(pid).and_then(|p| p.signal(sig)).with_context(|| format!("vios {name} (pid {pid} from {})", path.display()))?;
     println!("vios {name}: {what} requested (lparhv pid {pid})");
     Ok(())
 }

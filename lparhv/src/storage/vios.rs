@@ -259,9 +259,9 @@ impl Vios {
         if child.try_wait()?.is_some() {
             return Ok(Stopped::WasNotRunning);
         }
-        // SAFETY: kill(2) on the pid of our own unreaped child: the pid
-        // cannot have been reused.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        // Our own unreaped child: its pid cannot have been reused. A child
+        // that died in between is reaped below.
+        let _ = crate::machine::process::Process::open(child.id()).and_then(|p| p.signal(rustix::process::Signal::TERM));
         let deadline = Instant::now() + grace;
         loop {
             if let Some(status) = child.try_wait()? {
