@@ -13,8 +13,8 @@
 
 use crate::devices;
 use crate::executor::{timeout, Reactor};
-use crate::hal::arch::x86_64::paging;
 use crate::hal::hw::MmioWindow;
+use crate::hal::mm;
 use crate::hcall;
 use crate::hcall_spec::fill_pattern;
 use crate::runtime::console::{ev, event};
@@ -40,7 +40,7 @@ pub fn release(df: DeviceFunction) -> bool {
     let mut m = MAPPED.lock();
     let Some(i) = m.iter().position(|(d, _, _)| *d == df) else { return false };
     let (_, laddr, len) = m.remove(i);
-    paging::unmap_at(laddr, len);
+    mm::unmap_window(laddr, len);
     event(ev("ivshmem_unmapped").field("bdf", Bdf(df)).field("laddr", format_args!("{laddr:x}")));
     true
 }
@@ -55,7 +55,7 @@ async fn map_device(laddr: u64, len: u64, reactor: &Arc<Reactor>) -> Result<(Dev
             if size != len || MAPPED.lock().iter().any(|(d, _, _)| *d == df) {
                 continue;
             }
-            let window = paging::map_at(laddr, phys, len).map_err(String::from)?;
+            let window = mm::map_window(laddr, phys, len).map_err(String::from)?;
             MAPPED.lock().push((df, laddr, len));
             event(
                 ev("ivshmem_mapped")

@@ -7,7 +7,6 @@
 pub mod ivshmem;
 
 use crate::executor::{timeout, Reactor};
-use crate::hal::arch::x86_64::lapic;
 use crate::hal::hw::{Ecam, KernelHal, PCI_DEVICE_MEMORY};
 use crate::runtime::boot_stages::Stage;
 use crate::vectors::VectorAllocator;
@@ -432,7 +431,7 @@ fn bind_with(reg: &Registry, pci: &mut Pci<Ecam>, bdf: DeviceFunction, kind: Dev
     let name = format!("{}", Bdf(bdf));
     let msix = Msix::find(pci, bdf).map_err(|e| e.to_string())?;
     let common = VirtioCommonCfg::find(pci, bdf).map_err(|e| e.to_string())?;
-    msix.set_entry(&PCI_DEVICE_MEMORY, 0, lapic::id(), vector).map_err(|e| e.to_string())?;
+    msix.set_entry(&PCI_DEVICE_MEMORY, 0, crate::hal::irq::cpu_id(), vector).map_err(|e| e.to_string())?;
     msix.enable(pci);
     let transport = PciTransport::new::<KernelHal, Ecam>(pci.root_mut(), bdf).map_err(|e| format!("virtio transport: {e}"))?;
     // Device initialisation resets the queue vectors, so route them after it.

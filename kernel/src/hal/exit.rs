@@ -4,10 +4,14 @@
 //! Exit codes the guest reports (QEMU's own exit status is `2 * code + 1`):
 //! 0 success, 1 test failure, 2 panic, 3 CPU exception.
 
-use crate::hal::arch::x86_64::{cpu, port};
+use crate::hal::arch::x86_64::cpu;
+use crate::hal::arch::x86_64::port::IoPort;
 
 /// I/O port of `-device isa-debug-exit,iobase=0xf4,iosize=0x04`.
-const DEBUG_EXIT_PORT: u16 = 0xf4;
+// SAFETY: lparhv puts QEMU's isa-debug-exit device at 0xf4 for tests;
+// without it nothing on q35 or pc decodes the port, so the write is
+// ignored. Only `exit` writes it.
+const DEBUG_EXIT: IoPort<u32> = unsafe { IoPort::new(0xf4) };
 
 /// Why the guest stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +27,7 @@ pub enum ExitCode {
 /// then halts.
 pub fn exit(code: ExitCode) -> ! {
     log::info!("exit code={}", code as u8);
-    port::outl(DEBUG_EXIT_PORT, code as u32);
+    DEBUG_EXIT.write(code as u32);
     // Still here: no debug-exit device. Power off through ACPI.
     crate::platform::acpi::power_off();
     cpu::halt_forever()

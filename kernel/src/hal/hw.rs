@@ -3,6 +3,10 @@
 //! virtio registers, and ECAM configuration access.
 
 use crate::hal::arch::x86_64::paging::{self, Access};
+use crate::hal::arch::x86_64::port::IoPort;
+use crate::hal::firmware::IdentityHandler;
+use acpi::mcfg::Mcfg;
+use acpi::AcpiTables;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use drivers::msix::Mmio;
@@ -123,8 +127,12 @@ pub struct Ecam {
     ports: bool,
 }
 
-const CONFIG_ADDRESS: u16 = 0xcf8;
-const CONFIG_DATA: u16 = 0xcfc;
+// SAFETY: 0xcf8/0xcfc are PCI configuration mechanism #1's address and data
+// ports on every PC platform; `Ecam` is their only user, under the PCI
+// registry's lock.
+const CONFIG_ADDRESS: IoPort<u32> = unsafe { IoPort::new(0xcf8) };
+// SAFETY: see `CONFIG_ADDRESS`.
+const CONFIG_DATA: IoPort<u32> = unsafe { IoPort::new(0xcfc) };
 
 static MAPPED_BUSES: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
@@ -135,8 +143,22 @@ impl Ecam {
     /// `base` must be the physical start of the ECAM region for exactly those
     /// buses (1 MiB per bus), device memory that no RAM overlaps: each bus's
     /// part is mapped uncached and read and written on demand.
-    pub unsafe fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
+    unsafe fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
         Ecam { base, first_bus, last_bus, ports: false }
+    }
+
+    /// ECAM of PCI segment 0 as the MCFG table of `tables` describes it;
+    /// None when the machine has no MCFG (pc) or no entry for segment 0.
+    pub fn from_mcfg(tables: &AcpiTables<IdentityHandler>) -> Option<Self> {
+        let mcfg = tables.find_table::<Mcfg>().ok()?;
+        let e = mcfg.entries().iter().find(|e| e.pci_segment_group == 0)?;
+        if e.bus_number_end < e.bus_number_start {
+            return None;
+        }
+        // SAFETY: the MCFG table is the firmware's description of this
+        // machine's ECAM: base and bus range of segment 0, device memory
+        // outside RAM (QEMU q35: 0xb0000000, below the PCI window).
+        Some(unsafe { Ecam::new(e.base_address, e.bus_number_start, e.bus_number_end) })
     }
 
     /// Configuration mechanism #1 through I/O ports 0xCF8/0xCFC, buses 0..=255.
@@ -175,8 +197,8 @@ impl ConfigurationAccess for Ecam {
             // PCI registry's lock: the address/data pair is not interleaved.
             return match Self::port_address(df, offset) {
                 Some(a) => {
-                    crate::hal::arch::x86_64::port::outl(CONFIG_ADDRESS, a);
-                    crate::hal::arch::x86_64::port::inl(CONFIG_DATA)
+                    CONFIG_ADDRESS.write(a);
+                    CONFIG_DATA.read()
                 }
                 None => 0xffff_ffff,
             };
@@ -191,8 +213,8 @@ impl ConfigurationAccess for Ecam {
     fn write_word(&mut self, df: DeviceFunction, offset: u8, data: u32) {
         if self.ports {
             if let Some(a) = Self::port_address(df, offset) {
-                crate::hal::arch::x86_64::port::outl(CONFIG_ADDRESS, a);
-                crate::hal::arch::x86_64::port::outl(CONFIG_DATA, data);
+                CONFIG_ADDRESS.write(a);
+                CONFIG_DATA.write(data);
             }
             return;
         }

@@ -1,4 +1,5 @@
-//! Physical memory and the kernel heap.
+//! Physical memory, the kernel heap and page mappings (the page tables
+//! themselves are in `arch/x86_64/paging.rs`).
 //!
 //! RAM is identity mapped, so a heap allocation's address is its physical
 //! address: the heap also serves page-table frames and DMA buffers. The heap
@@ -174,4 +175,22 @@ pub unsafe fn free_pages(addr: u64, pages: usize) {
     let layout = Layout::from_size_align(pages * 4096, 4096).expect("valid at allocation");
     // SAFETY: per this function's contract.
     unsafe { alloc::alloc::dealloc(addr as *mut u8, layout) }
+}
+
+/// Build the kernel's page tables over the PVH memory map (once, after the
+/// heap is up).
+pub fn init_paging(memory: &[MemoryRegion]) -> Result<(), &'static str> {
+    crate::hal::arch::x86_64::paging::init(memory)
+}
+
+/// Map `len` bytes of device memory at physical `phys` to virtual `virt`
+/// (both 4 KiB aligned, no page of the range mapped yet) and return the
+/// window onto it.
+pub fn map_window(virt: u64, phys: u64, len: u64) -> Result<crate::hal::hw::MmioWindow, &'static str> {
+    crate::hal::arch::x86_64::paging::map_at(virt, phys, len)
+}
+
+/// Remove a mapping made by [`map_window`].
+pub fn unmap_window(virt: u64, len: u64) {
+    crate::hal::arch::x86_64::paging::unmap_at(virt, len)
 }

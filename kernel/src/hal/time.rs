@@ -1,6 +1,7 @@
 //! The monotonic clock: the TSC, calibrated once at boot against the PIT
-//! (which also calibrates the local APIC timer in the same window). Time is
-//! counted from the kernel's first instruction.
+//! (which also calibrates the local APIC timer in the same window), and the
+//! wake-up timer built on that local APIC timer. Time is counted from the
+//! kernel's first instruction.
 //!
 //! Under KVM the TSC keeps running while the host has the guest stopped, so
 //! a freeze shows up as a jump; code that must not misfire after a freeze
@@ -101,6 +102,12 @@ pub fn now_ns() -> u64 {
 /// Microseconds since the kernel's first instruction.
 pub fn now_us() -> u64 {
     now_ns() / 1000
+}
+
+/// Interrupt this CPU in `ns` nanoseconds (local APIC one-shot timer), to
+/// wake it from a halt.
+pub fn arm_wakeup_ns(ns: u64) {
+    lapic::arm_oneshot_ns(ns)
 }
 
 /// The executor's clock.

@@ -59,8 +59,8 @@ static SERVICE: Once<Arc<Service>> = Once::new();
 
 /// A per-boot nonce: RDRAND when the CPU has it, mixed with the TSC.
 fn boot_nonce() -> u64 {
-    let tsc = crate::hal::arch::x86_64::cpu::rdtsc();
-    let r = crate::hal::arch::x86_64::cpu::rdrand64().unwrap_or(0);
+    let tsc = crate::hal::cpu::rdtsc();
+    let r = crate::hal::cpu::random_u64().unwrap_or(0);
     drivers::pattern::splitmix64(r ^ tsc.rotate_left(32) ^ crate::hal::time::now_ns())
 }
 

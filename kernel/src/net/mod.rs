@@ -114,7 +114,7 @@ pub struct NetStack {
 impl NetStack {
     pub fn new(dev: Arc<NetDevice>, ip: [u8; 4], prefix: u8, reactor: Arc<Reactor>, kick: u8, changed: u8) -> Arc<Self> {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(dev.mac)));
-        config.random_seed = crate::hal::arch::x86_64::cpu::rdtsc();
+        config.random_seed = crate::hal::cpu::rdtsc();
         let iface = {
             let mut nic = dev.inner.lock();
             let mut iface = Interface::new(config, &mut Phy(&mut nic), now());
@@ -371,7 +371,7 @@ async fn tcp_exchange(stack: &NetStack, peer: Ipv4Address, total: u64) -> (bool,
     let reactor = stack.reactor.clone();
     let deadline = reactor.now_ns() + 60_000_000_000;
     let h = stack.add_tcp();
-    let local_port = 49152 + (crate::hal::arch::x86_64::cpu::rdtsc() % 16000) as u16;
+    let local_port = 49152 + (crate::hal::cpu::rdtsc() % 16000) as u16;
     if let Err(e) = stack.with(|cx, sockets| sockets.get_mut::<tcp::Socket>(h).connect(cx, (peer, TCP_ECHO_PORT), local_port)) {
         log::error!("net client: connect: {e}");
         return (false, 0);

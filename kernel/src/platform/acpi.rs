@@ -1,13 +1,14 @@
 //! ACPI tables the kernel needs: MADT (interrupt controllers and ISA
 //! overrides), MCFG (PCI ECAM base), FADT (PM registers, SCI, GPE block, the
-//! DSDT for the S5 sleep type). Parsed with the `acpi` crate; soft-off is
+//! DSDT for the S5 sleep type). Parsed with the `acpi` crate; the HAL turns
+//! the MCFG entry and the FADT's registers into typed handles
+//! (`hal::hw::Ecam::from_mcfg`, `hal::firmware::pm_registers`). Soft-off is
 //! done here too.
 
-use crate::hal::arch::x86_64::port;
-use crate::hal::firmware::{self, table_bytes};
+use crate::hal::firmware::{self, table_bytes, PmRegisters};
+use crate::hal::hw::Ecam;
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
-use acpi::mcfg::Mcfg;
 use alloc::vec::Vec;
 use spin::Once;
 
@@ -25,16 +26,11 @@ pub struct Platform {
     pub lapic_base: u64,
     pub ioapics: Vec<(u64, u32)>,
     pub isa_overrides: Vec<IsaOverride>,
-    /// ECAM base and bus range of PCI segment 0.
-    pub ecam: Option<(u64, u8, u8)>,
+    /// ECAM of PCI segment 0 (from the MCFG table; pc has none).
+    pub ecam: Option<Ecam>,
     pub sci_irq: u16,
-    pub smi_cmd: u32,
-    pub acpi_enable: u8,
-    pub pm1a_evt: Option<u16>,
-    /// PM1 event block length in bytes (status half, then enable half).
-    pub pm1_evt_len: u8,
-    pub pm1a_cnt: Option<u16>,
-    pub gpe0: Option<(u16, u8)>,
+    /// The FADT's PM1a, GPE0 and SMI_CMD registers.
+    pub pm: PmRegisters,
     /// SLP_TYP for S5 read from the DSDT's `_S5_` package.
     pub s5_sleep_type: u8,
     /// Physical address of the DSDT.
@@ -62,42 +58,23 @@ pub fn init(rsdp: u64) -> Result<&'static Platform, acpi::AcpiError> {
         }
     }
 
-    let ecam = tables.find_table::<Mcfg>().ok().and_then(|mcfg| {
-        mcfg.entries().iter().find(|e| e.pci_segment_group == 0).map(|e| (e.base_address, e.bus_number_start, e.bus_number_end))
-    });
+    let ecam = Ecam::from_mcfg(&tables);
+    let pm = firmware::pm_registers(&tables)?;
 
     let fadt = tables.find_table::<Fadt>()?;
     let f = fadt.get();
-    let io_port = |r: Result<acpi::address::GenericAddress, acpi::AcpiError>| {
-        r.ok().filter(|g| g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0).map(|g| g.address as u16)
-    };
-    let pm1a_evt = io_port(f.pm1a_event_block());
-    let pm1_evt_len = f.pm1a_event_block().map(|g| g.bit_width / 8).unwrap_or(0);
-    let pm1a_cnt = io_port(f.pm1a_control_block());
-    let gpe0 = f
-        .gpe0_block()
-        .ok()
-        .flatten()
-        .filter(|g| g.address_space == acpi::address::AddressSpace::SystemIo && g.address != 0)
-        .map(|g| (g.address as u16, g.bit_width / 8));
     let dsdt = f.dsdt_address().ok().map(|a| a as u64);
     let s5_sleep_type = dsdt.and_then(find_s5_sleep_type).unwrap_or(0);
 
-    Ok(PLATFORM.call_once(|| Platform {
-        lapic_base,
-        ioapics,
-        isa_overrides,
-        ecam,
-        sci_irq: f.sci_interrupt,
-        smi_cmd: f.smi_cmd_port,
-        acpi_enable: f.acpi_enable,
-        pm1a_evt,
-        pm1_evt_len,
-        pm1a_cnt,
-        gpe0,
-        s5_sleep_type,
-        dsdt,
-    }))
+    Ok(PLATFORM.call_once(|| Platform { lapic_base, ioapics, isa_overrides, ecam, sci_irq: f.sci_interrupt, pm, s5_sleep_type, dsdt }))
+}
+
+impl Platform {
+    /// PCI configuration access: ECAM from the MCFG table, else (pc) the
+    /// legacy configuration ports.
+    pub fn pci_config(&self) -> Ecam {
+        self.ecam.unwrap_or_else(Ecam::port_io)
+    }
 }
 
 /// The parsed platform, once `init` succeeded.
@@ -136,7 +113,7 @@ pub fn dsdt_bytes() -> Option<&'static [u8]> {
 /// ACPI soft-off (S5). Returns if the platform has no PM1a control block.
 pub fn power_off() {
     let Some(p) = platform() else { return };
-    if let Some(cnt) = p.pm1a_cnt {
-        port::outw(cnt, ((p.s5_sleep_type as u16 & 7) << 10) | (1 << 13));
+    if let Some(cnt) = p.pm.pm1a_control {
+        cnt.write(((p.s5_sleep_type as u16 & 7) << 10) | (1 << 13));
     }
 }

@@ -1,7 +1,8 @@
 //! ACPI PCI hot-plug (seed 004, Figures 5, 6, 14, 15 and 17) on QEMU's
 //! hot-plug register block, signalled by GPE 1.
 //!
-//! - The block's base comes from the chipset on bus 0 (ICH9 LPC: q35,
+//! - The block (`hal::firmware::pci_hotplug_block`) sits at a base fixed by
+//!   the chipset on bus 0 (ICH9 LPC: q35,
 //!   0x0cc0; PIIX4 PM: pc, 0xae00); its bus-select numbers (BSEL) come from
 //!   the DSDT (`drivers::pcihp::find_bsels`), each resolved to a bus number
 //!   through the bridges' secondary bus registers on every pass.
@@ -18,7 +19,7 @@
 
 use crate::devices::{self, BlockDevice};
 use crate::executor::{timeout, Reactor};
-use crate::hal::arch::x86_64::port;
+use crate::hal::io::IoBlock;
 use crate::platform::sci;
 use crate::runtime::console::{ev, event};
 use alloc::boxed::Box;
@@ -34,7 +35,7 @@ use spin::{Mutex, Once};
 type AddListener = Box<dyn Fn(Arc<BlockDevice>) + Send + Sync>;
 
 struct Hotplug {
-    base: u16,
+    regs: IoBlock,
     bsels: Vec<BselEntry>,
     reactor: Arc<Reactor>,
     /// Software vector that wakes the hot-plug task.
@@ -57,9 +58,9 @@ pub fn ignore_ejects() {
     IGNORE_EJECTS.store(true, core::sync::atomic::Ordering::Relaxed);
 }
 
-fn read(base: u16, bsel: u32, offset: u16) -> u32 {
-    port::outl(base + reg::SELECT, bsel);
-    port::inl(base + offset)
+fn read(regs: &IoBlock, bsel: u32, offset: u16) -> u32 {
+    regs.write::<u32>(reg::SELECT, bsel);
+    regs.read::<u32>(offset)
 }
 
 /// The hot-plug buses now: (bsel, bus number).
@@ -88,13 +89,10 @@ fn buses(hp: &Hotplug) -> Vec<(u32, u8)> {
 
 /// Set up hot-plug. Call after the first PCI probe and `sci::init`.
 pub fn init(reactor: &Arc<Reactor>) -> Result<(), String> {
-    let chipset = |bdf: DeviceFunction| {
-        let id = devices::config_read(bdf, 0);
-        pcihp::base_for_chipset(id as u16, (id >> 16) as u16)
-    };
-    let base = chipset(DeviceFunction { bus: 0, device: 0x1f, function: 0 })
-        .or_else(|| chipset(DeviceFunction { bus: 0, device: 1, function: 3 }))
+    let platform = crate::platform::acpi::platform().ok_or("no ACPI tables")?;
+    let regs = crate::hal::firmware::pci_hotplug_block(&platform.pci_config())
         .ok_or("no ICH9 LPC or PIIX4 PM on bus 0: unknown hot-plug controller")?;
+    let base = regs.base();
     let dsdt = crate::platform::acpi::dsdt_bytes().ok_or("no DSDT")?;
     let bsels = pcihp::find_bsels(dsdt);
     if bsels.is_empty() {
@@ -102,7 +100,7 @@ pub fn init(reactor: &Arc<Reactor>) -> Result<(), String> {
     }
     let kick = devices::alloc_vector().ok_or("no free vector")?;
     let hp = HP.call_once(|| Hotplug {
-        base,
+        regs,
         bsels,
         reactor: reactor.clone(),
         kick,
@@ -162,8 +160,8 @@ fn pass(hp: &Hotplug) {
     let mut inserted = false;
     let mut ejects = Vec::new();
     for &(bsel, bus) in &buses {
-        let up = read(hp.base, bsel, reg::UP);
-        let down = read(hp.base, bsel, reg::DOWN);
+        let up = read(&hp.regs, bsel, reg::UP);
+        let down = read(&hp.regs, bsel, reg::DOWN);
         if up != 0 {
             log::info!("hotplug: bsel {bsel} (bus {bus:02x}): inserted {up:#x}");
             inserted = true;
@@ -245,8 +243,8 @@ async fn remove(bsel: u32, bus: u8, slot: u8, reason: &'static str) {
             return;
         }
     }
-    port::outl(hp.base + reg::SELECT, bsel);
-    port::outl(hp.base + reg::EJECT, 1 << slot);
+    hp.regs.write::<u32>(reg::SELECT, bsel);
+    hp.regs.write::<u32>(reg::EJECT, 1 << slot);
     // The device is gone now (QEMU unplugs it during the write): forget it
     // and free its BAR space.
     devices::probe();

@@ -10,7 +10,7 @@
 //!   that arrives while another is still asserted). QEMU's q35 and pc both
 //!   give the override IRQ 9, flags 0xd: level, active-high.
 //! - The line is level-triggered, so the interrupt dispatcher masks it
-//!   (`ioapic::route_level`), the SCI task clears the status bits it serves
+//!   (`hal::irq::route_level`), the SCI task clears the status bits it serves
 //!   and then unmasks it.
 //! - GPE0: the FADT's block; its first half holds status bits (write 1 to
 //!   clear), the second half enable bits (all 0 at reset). A table maps GPE
@@ -22,7 +22,9 @@
 //! hot-plug handler only wakes the hot-plug task).
 
 use crate::executor::Reactor;
-use crate::hal::arch::x86_64::{ioapic, lapic, port};
+use crate::hal::firmware::Pm1Event;
+use crate::hal::io::IoBlock;
+use crate::hal::irq;
 use crate::platform::acpi::Platform;
 use crate::runtime::console::{ev, event};
 use alloc::boxed::Box;
@@ -39,10 +41,9 @@ const PM1_CNT_SCI_EN: u16 = 1;
 type Handler = Box<dyn Fn() + Send + Sync>;
 
 struct Sci {
-    pm1_sts: Option<u16>,
-    pm1_en: Option<u16>,
-    /// GPE0 status port and the number of status bytes (the enable bytes follow).
-    gpe: Option<(u16, u16)>,
+    pm1: Option<Pm1Event>,
+    /// The GPE0 block: status bytes, then as many enable bytes.
+    gpe: Option<IoBlock>,
     gpe_handlers: Mutex<BTreeMap<u8, Handler>>,
     power_button: Mutex<Option<Handler>>,
 }
@@ -73,21 +74,20 @@ pub fn sci_line(irq: u16, overrides: &[crate::platform::acpi::IsaOverride]) -> S
 }
 
 fn enter_acpi_mode(p: &Platform) -> Result<(), &'static str> {
-    let Some(cnt) = p.pm1a_cnt else { return Err("no PM1a control block") };
-    if port::inw(cnt) & PM1_CNT_SCI_EN != 0 {
+    let Some(cnt) = p.pm.pm1a_control else { return Err("no PM1a control block") };
+    if cnt.read() & PM1_CNT_SCI_EN != 0 {
         return Ok(());
     }
-    if p.smi_cmd == 0 || p.acpi_enable == 0 {
+    let Some((smi, value)) = p.pm.acpi_enable else {
         // Hardware without the legacy/ACPI switch is always in ACPI mode.
         log::info!("acpi: SCI_EN clear but no SMI_CMD: assuming ACPI mode");
         return Ok(());
-    }
-    let Ok(smi) = u16::try_from(p.smi_cmd) else { return Err("SMI_CMD is not an I/O port") };
-    log::info!("acpi: entering ACPI mode (write {:#x} to SMI_CMD {:#x})", p.acpi_enable, smi);
-    port::outb(smi, p.acpi_enable);
+    };
+    log::info!("acpi: entering ACPI mode (write {value:#x} to SMI_CMD {smi:?})");
+    smi.write(value);
     let deadline = crate::hal::time::now_ns() + 1_000_000_000;
     while crate::hal::time::now_ns() < deadline {
-        if port::inw(cnt) & PM1_CNT_SCI_EN != 0 {
+        if cnt.read() & PM1_CNT_SCI_EN != 0 {
             return Ok(());
         }
         core::hint::spin_loop();
@@ -100,31 +100,29 @@ fn enter_acpi_mode(p: &Platform) -> Result<(), &'static str> {
 pub fn init(p: &'static Platform, reactor: &Arc<Reactor>) -> Result<SciLine, &'static str> {
     enter_acpi_mode(p)?;
     let line = sci_line(p.sci_irq, &p.isa_overrides);
-    let half = (p.pm1_evt_len / 2).max(2) as u16;
-    let gpe = p.gpe0.filter(|&(_, len)| len >= 2).map(|(port, len)| (port, (len / 2) as u16));
     let sci = SCI.call_once(|| Sci {
-        pm1_sts: p.pm1a_evt,
-        pm1_en: p.pm1a_evt.map(|e| e + half),
-        gpe,
+        pm1: p.pm.pm1a_event,
+        gpe: p.pm.gpe0,
         gpe_handlers: Mutex::new(BTreeMap::new()),
         power_button: Mutex::new(None),
     });
     // Quiet the sources before the line is live: all GPE enables off, all
     // status bits cleared; PM1: only the power button.
-    if let Some((sts, n)) = sci.gpe {
+    if let Some(gpe) = sci.gpe {
+        let n = gpe.len() / 2;
         for i in 0..n {
-            port::outb(sts + n + i, 0);
-            port::outb(sts + i, 0xff);
+            gpe.write::<u8>(n + i, 0);
+            gpe.write::<u8>(i, 0xff);
         }
     }
-    if let (Some(sts), Some(en)) = (sci.pm1_sts, sci.pm1_en) {
-        port::outw(sts, 0xffff);
-        port::outw(en, PM1_PWRBTN);
+    if let Some(pm1) = sci.pm1 {
+        pm1.status.write(0xffff);
+        pm1.enable.write(PM1_PWRBTN);
     }
     if !line.level {
         return Err("MADT says the SCI is edge-triggered: not supported");
     }
-    if !ioapic::route_level(line.gsi, SCI_VECTOR, line.active_low, lapic::id()) {
+    if !irq::route_level(line.gsi, SCI_VECTOR, line.active_low) {
         return Err("no IOAPIC serves the SCI's GSI");
     }
     log::info!(
@@ -134,8 +132,8 @@ pub fn init(p: &'static Platform, reactor: &Arc<Reactor>) -> Result<SciLine, &'s
         if line.level { "level" } else { "edge" },
         if line.active_low { "active-low" } else { "active-high" },
         SCI_VECTOR,
-        sci.pm1_sts,
-        sci.pm1_en,
+        sci.pm1.map(|e| e.status),
+        sci.pm1.map(|e| e.enable),
         sci.gpe
     );
     reactor.spawn("sci", sci_task(reactor.clone()));
@@ -145,14 +143,15 @@ pub fn init(p: &'static Platform, reactor: &Arc<Reactor>) -> Result<SciLine, &'s
 /// Register the handler of GPE `bit` and enable it.
 pub fn register_gpe(bit: u8, handler: impl Fn() + Send + Sync + 'static) -> Result<(), &'static str> {
     let sci = SCI.get().ok_or("ACPI events are not set up")?;
-    let (sts, n) = sci.gpe.ok_or("no GPE0 block")?;
+    let gpe = sci.gpe.ok_or("no GPE0 block")?;
+    let n = gpe.len() / 2;
     if bit as u16 >= n * 8 {
         return Err("GPE number outside the GPE0 block");
     }
     sci.gpe_handlers.lock().insert(bit, Box::new(handler));
-    let en = sts + n + (bit / 8) as u16;
-    port::outb(sts + (bit / 8) as u16, 1 << (bit % 8)); // stale status
-    port::outb(en, port::inb(en) | 1 << (bit % 8));
+    let (sts, en) = ((bit / 8) as u16, n + (bit / 8) as u16);
+    gpe.write::<u8>(sts, 1 << (bit % 8)); // stale status
+    gpe.write::<u8>(en, gpe.read::<u8>(en) | 1 << (bit % 8));
     // Anything that was pending before enabling is handled on the next pass.
     crate::IRQS.raise(SCI_VECTOR);
     Ok(())
@@ -168,10 +167,10 @@ pub fn on_power_button(handler: impl Fn() + Send + Sync + 'static) {
 /// Serve one SCI: returns how many events were dispatched.
 fn service(sci: &Sci) -> usize {
     let mut n = 0;
-    if let (Some(sts), Some(en)) = (sci.pm1_sts, sci.pm1_en) {
-        let pending = port::inw(sts) & port::inw(en);
+    if let Some(pm1) = sci.pm1 {
+        let pending = pm1.status.read() & pm1.enable.read();
         if pending != 0 {
-            port::outw(sts, pending); // write 1 to clear
+            pm1.status.write(pending); // write 1 to clear
         }
         if pending & PM1_PWRBTN != 0 {
             n += 1;
@@ -182,15 +181,16 @@ fn service(sci: &Sci) -> usize {
             }
         }
     }
-    if let Some((sts, bytes)) = sci.gpe {
+    if let Some(gpe) = sci.gpe {
+        let bytes = gpe.len() / 2;
         for i in 0..bytes {
-            let pending = port::inb(sts + i) & port::inb(sts + bytes + i);
+            let pending = gpe.read::<u8>(i) & gpe.read::<u8>(bytes + i);
             if pending == 0 {
                 continue;
             }
             // Clear first: an event that arrives while the handler runs sets
             // the bit again and is served on the next pass.
-            port::outb(sts + i, pending);
+            gpe.write::<u8>(i, pending);
             for b in 0..8u8 {
                 if pending & (1 << b) == 0 {
                     continue;
@@ -214,7 +214,7 @@ async fn sci_task(reactor: Arc<Reactor>) {
         service(sci);
         // The sources are quiet (their status bits are clear): let the line
         // interrupt again.
-        ioapic::unmask_level(SCI_VECTOR);
+        irq::unmask_level(SCI_VECTOR);
         wait.await;
     }
 }

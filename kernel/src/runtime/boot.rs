@@ -5,10 +5,8 @@
 //! (`crate::services`). Also the panic handler and the CPU-exception stop.
 //! Each stage is marked for `@ev boot_stages` (docs/benchmarks.md).
 
-use crate::hal::arch::x86_64::{cpu, gdt, idt, ioapic, lapic, paging, pic};
 use crate::hal::exit::{exit, ExitCode};
-use crate::hal::hw;
-use crate::hal::{mm, pvh, time};
+use crate::hal::{cpu, irq, mm, pvh, time};
 use crate::platform::{acpi, hotplug, sci, shutdown};
 use crate::runtime::boot_stages::Stage;
 use crate::runtime::cmdline::Cmdline;
@@ -34,16 +32,16 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Called from the IDT dispatcher for CPU exceptions: dump and stop.
-pub fn fatal_exception(name: &str, frame: &idt::TrapFrame) -> ! {
+pub fn fatal_exception(name: &str, frame: &cpu::TrapFrame) -> ! {
     console::force_unlock();
-    let cr2 = cpu::cr2();
+    let cr2 = cpu::fault_address();
     console::write_line(format_args!(
         "EXCEPTION {} (vector {}) error_code={:#x} cr2={:#018x} cr3={:#018x}\n{}",
         name,
         frame.vector,
         frame.error_code,
         cr2,
-        cpu::cr3(),
+        cpu::page_table_root(),
         frame
     ));
     console::event(
@@ -72,7 +70,7 @@ impl Platform for HaltPlatform {
                 cpu::sti();
                 return;
             }
-            lapic::arm_oneshot_ns(deadline - now);
+            time::arm_wakeup_ns(deadline - now);
         }
         cpu::enable_and_halt();
     }
@@ -89,11 +87,10 @@ pub fn run(start_info: u64) -> ! {
             exit(ExitCode::Failure)
         }
     };
-    gdt::init();
-    idt::init();
+    cpu::init();
     let heap = mm::init_heap(raw.memory());
     let boot = raw.to_boot_info();
-    if let Err(e) = paging::init(&boot.memory) {
+    if let Err(e) = mm::init_paging(&boot.memory) {
         panic!("page tables: {e}");
     }
     runtime::mark_stage(Stage::Heap);
@@ -110,33 +107,17 @@ pub fn run(start_info: u64) -> ! {
     );
 
     let platform = acpi::init(boot.rsdp).unwrap_or_else(|e| panic!("ACPI tables: {e:?}"));
-    pic::disable();
-    let lapic_base = paging::map(platform.lapic_base, 4096, paging::Access::Mmio).expect("map local APIC");
-    lapic::init(lapic_base);
-    for &(base, gsi_base) in &platform.ioapics {
-        let base = paging::map(base, 4096, paging::Access::Mmio).expect("map IOAPIC");
-        ioapic::init(base, gsi_base);
-    }
+    irq::init(platform.lapic_base, &platform.ioapics);
     runtime::mark_stage(Stage::AcpiTables);
     let tsc_hz = time::calibrate();
     runtime::mark_stage(Stage::Calibration);
-    log::info!("TSC {} MHz, local APIC {}, ECAM {:?}", tsc_hz / 1_000_000, lapic::id(), platform.ecam);
+    log::info!("TSC {} MHz, local APIC {}, ECAM {:?}", tsc_hz / 1_000_000, irq::cpu_id(), platform.ecam);
     cpu::sti();
 
     let reactor = Reactor::new(&CLOCK, &IRQS);
     let mut executor = Executor::new(reactor.clone());
 
-    let cfg = match platform.ecam {
-        // The composition root vouches for the firmware's MCFG entry: the one
-        // place outside the HAL that asserts a hardware range is the PCI
-        // configuration space.
-        #[allow(unsafe_code)]
-        // SAFETY: the range comes from the firmware's MCFG table, which
-        // describes the machine's ECAM; it lies above RAM (QEMU q35: 0xb0000000).
-        Some((base, first, last)) => unsafe { hw::Ecam::new(base, first, last) },
-        None => hw::Ecam::port_io(), // pc: no MCFG table
-    };
-    devices::init(cfg, reactor.clone());
+    devices::init(platform.pci_config(), reactor.clone());
     devices::probe();
     acpi_events(platform, &reactor);
     runtime::mark_stage(Stage::AcpiEvents);

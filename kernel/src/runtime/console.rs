@@ -2,7 +2,8 @@
 //! machine-readable event lines (`@ev ...`, see docs/events.md) on COM1.
 
 use crate::event::EventLine;
-use crate::hal::arch::x86_64::{cpu, serial};
+use crate::hal::console as serial;
+use crate::hal::cpu;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
 static QUIET: AtomicBool = AtomicBool::new(false);

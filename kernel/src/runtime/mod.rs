@@ -11,8 +11,7 @@ pub mod event;
 pub mod executor;
 pub mod vectors;
 
-use crate::hal::arch::x86_64::{boot as entry, cpu};
-use crate::hal::time;
+use crate::hal::{cpu, time};
 use crate::runtime::boot_stages::{Stage, StageMarks};
 
 static BOOT_STAGES: spin::Mutex<StageMarks> = spin::Mutex::new(StageMarks::new());
@@ -26,7 +25,7 @@ pub fn mark_stage(stage: Stage) {
 /// pci_us=.. drivers_us=.. acpi_events_us=..`: how long each boot stage
 /// took (needs the calibrated clock).
 pub fn report_stages() {
-    let durations = BOOT_STAGES.lock().durations(entry::entry_tsc());
+    let durations = BOOT_STAGES.lock().durations(cpu::entry_cycles());
     let mut line = console::ev("boot_stages");
     for (stage, ticks) in durations {
         line = line.field(stage.field(), time::tsc_to_ns(ticks) / 1000);

@@ -56,9 +56,9 @@ pub fn start(cmdline: &Cmdline, reactor: &Arc<Reactor>, hcall_started: bool) {
 /// is tested end to end).
 fn start_fault(cmdline: &Cmdline) {
     match cmdline.get("fault") {
-        Some("ud") => crate::hal::arch::x86_64::cpu::raise_invalid_opcode(),
-        Some("pf") => crate::hal::arch::x86_64::cpu::read_unmapped(),
-        Some("wx") => crate::hal::arch::x86_64::cpu::write_kernel_text(),
+        Some("ud") => crate::hal::cpu::raise_invalid_opcode(),
+        Some("pf") => crate::hal::cpu::read_unmapped(),
+        Some("wx") => crate::hal::cpu::write_kernel_text(),
         Some(other) => log::warn!("unknown fault={other}"),
         None => {}
     }

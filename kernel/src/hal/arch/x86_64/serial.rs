@@ -1,23 +1,35 @@
 //! COM1 16550 UART: the guest console. Output only; each call writes its
 //! bytes with one string instruction.
 
-use super::port::{inb, outb, outsb};
+use super::port::IoPort;
 use spin::Mutex;
 
 /// Held while one caller's bytes go out, so lines never mix.
 static LOCK: Mutex<()> = Mutex::new(());
 
-const COM1: u16 = 0x3f8;
+// SAFETY: 0x3f8..0x400 are COM1's 16550 registers on every PC platform
+// (q35 and pc); this module is COM1's only driver.
+const DATA: IoPort<u8> = unsafe { IoPort::new(0x3f8) };
+// SAFETY: see `DATA` (interrupt enable; divisor high byte with DLAB on).
+const IER: IoPort<u8> = unsafe { IoPort::new(0x3f9) };
+// SAFETY: see `DATA` (FIFO control).
+const FCR: IoPort<u8> = unsafe { IoPort::new(0x3fa) };
+// SAFETY: see `DATA` (line control).
+const LCR: IoPort<u8> = unsafe { IoPort::new(0x3fb) };
+// SAFETY: see `DATA` (modem control).
+const MCR: IoPort<u8> = unsafe { IoPort::new(0x3fc) };
+// SAFETY: see `DATA` (line status).
+const LSR: IoPort<u8> = unsafe { IoPort::new(0x3fd) };
 
 /// Program COM1 for 115200 8N1 with interrupts off.
 pub fn init() {
-    outb(COM1 + 1, 0x00); // no interrupts
-    outb(COM1 + 3, 0x80); // DLAB on
-    outb(COM1, 0x01); // divisor 1 = 115200 baud
-    outb(COM1 + 1, 0x00);
-    outb(COM1 + 3, 0x03); // 8N1, DLAB off
-    outb(COM1 + 2, 0x00); // FIFO off: QEMU transmits each byte at once
-    outb(COM1 + 4, 0x03); // DTR, RTS
+    IER.write(0x00); // no interrupts
+    LCR.write(0x80); // DLAB on
+    DATA.write(0x01); // divisor 1 = 115200 baud
+    IER.write(0x00);
+    LCR.write(0x03); // 8N1, DLAB off
+    FCR.write(0x00); // FIFO off: QEMU transmits each byte at once
+    MCR.write(0x03); // DTR, RTS
 }
 
 /// Write bytes to the console.
@@ -26,10 +38,10 @@ pub fn write(bytes: &[u8]) {
     // per byte; QEMU's UART transmits synchronously, so one check per write
     // keeps us honest without costing an exit per byte.
     let mut spins = 0;
-    while inb(COM1 + 5) & 0x20 == 0 && spins < 100_000 {
+    while LSR.read() & 0x20 == 0 && spins < 100_000 {
         spins += 1;
     }
-    outsb(COM1, bytes);
+    DATA.write_all(bytes);
 }
 
 /// Write bytes under the console lock: no other writer's bytes in between.
