@@ -9,13 +9,15 @@
 //! interval and presses the ACPI power button over QMP; the guest stamps
 //! `@ev power_button`. The guest's interval between the two stamps must
 //! match the host's interval between the two lines' arrival within
-//! `TOLERANCE`. Self-contained helpers: the shared test support module is
-//! being reorganised.
+//! `TOLERANCE`.
 
-use lparhv::machine::qemu::{self, Accel, Guest, GuestSpec};
+mod support;
+
+use lparhv::machine::qemu::{Accel, Guest, GuestSpec};
 use lparhv::machine::qmp::Qmp;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::image::{kernel, scratch};
 
 /// Host time between `ready` and the power button press.
 const INTERVAL: Duration = Duration::from_secs(3);
@@ -29,8 +31,7 @@ const T: Duration = Duration::from_secs(60);
 
 /// A test-image guest with a QMP socket in `dir`, and its QMP connection.
 fn guest_with_qmp(dir: &Path) -> (Guest, Qmp) {
-    let kernel = qemu::test_kernel();
-    assert!(kernel.is_file(), "test image {} missing: run ./run.sh build", kernel.display());
+    let kernel = kernel();
     let sock = dir.join("qmp.sock");
     let mut spec = GuestSpec::new("guest-clock", &kernel, Accel::Tcg);
     spec.extra = vec!["-qmp".into(), format!("unix:{},server=on,wait=off", sock.display())];
@@ -60,8 +61,8 @@ fn disagreement(guest: Duration, host: Duration) -> f64 {
 }
 
 #[test]
-fn guest_event_times_follow_host_time() {
-    let dir = tempfile::Builder::new().prefix("lparos-guest-clock").tempdir().expect("scratch dir");
+fn qemu_guest_event_times_follow_host_time() {
+    let dir = scratch("clock");
     let (mut guest, mut qmp) = guest_with_qmp(dir.path());
     let (guest_dt, host_dt) = measure(&mut guest, &mut qmp);
     let off = disagreement(guest_dt, host_dt);
