@@ -165,7 +165,8 @@ fn a_state_dir_others_can_reach_is_refused() {
 }
 
 /// Run as another user by `control_socket_refuses_another_uid`: connects
-/// to the control socket, asks for the status, prints what came back.
+/// to the control socket, asks for the status, prints what came back and
+/// whether the daemon closed the connection after it.
 #[test]
 #[ignore = "the child process of control_socket_refuses_another_uid"]
 fn control_socket_child_as_another_user() {
@@ -173,9 +174,14 @@ fn control_socket_child_as_another_user() {
     let mut stream = UnixStream::connect(&path).expect("connecting to the control socket");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(b"{\"op\":\"status\"}\n").unwrap();
+    let mut lines = std::io::BufReader::new(stream);
     let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("the daemon must close the connection");
-    println!("CHILD-REPLY {}", reply.trim_end());
+    std::io::BufRead::read_line(&mut lines, &mut reply).expect("no reply line");
+    println!("\nCHILD-REPLY {}", reply.trim_end());
+    // Then the daemon must have closed the connection.
+    let mut rest = Vec::new();
+    let closed = lines.read_to_end(&mut rest).is_ok_and(|_| rest.is_empty());
+    println!("CHILD-CLOSED {closed}");
 }
 
 #[test]
@@ -212,6 +218,7 @@ fn control_socket_refuses_another_uid() {
     let reply: serde_json::Value = serde_json::from_str(reply).expect("one JSON reply line, then the connection closed");
     assert_eq!(reply["ok"], false, "uid {NOBODY} was served: {reply}");
     assert!(reply["error"].as_str().unwrap_or("").contains("permission denied"), "{reply}");
+    assert!(stdout.contains("CHILD-CLOSED true"), "the connection stayed open");
 }
 
 /// A guest's side of a channel socket, blocking.
