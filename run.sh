@@ -20,7 +20,10 @@ commands:
   demo lan [opts]    partitions exchanging checked UDP/TCP traffic on a LAN
   demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
   test               check formatting and lints (cargo fmt, clippy -D warnings),
-                     then run every test (unit, property and QEMU integration)
+                     then run every test (unit, property and QEMU integration);
+                     with LPAROS_CI_FUZZ_SECONDS=N (off by default: the first
+                     fuzz build takes ~14 min) it then fuzzes every target
+                     N seconds
   bench NAME         benchmark, figures printed (see docs/benchmarks.md):
                      boot, hotplug, hcall, vios; runs a release lparhv
                      (every other command runs the debug build)
@@ -168,6 +171,19 @@ fuzz_one() {
     fi
 }
 
+# Opt-in short fuzzing after `./run.sh test` (docs/fuzzing.md, "In CI"):
+# LPAROS_CI_FUZZ_SECONDS=N runs every target N seconds; unset or empty, off.
+ci_fuzz() {
+    local seconds="${LPAROS_CI_FUZZ_SECONDS:-}"
+    if [ -z "$seconds" ]; then
+        say "fuzzing skipped (set LPAROS_CI_FUZZ_SECONDS=N to fuzz each target N seconds)"
+        return 0
+    fi
+    [[ "$seconds" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: LPAROS_CI_FUZZ_SECONDS must be a positive whole number, not '$seconds'" >&2; exit 2; }
+    say "fuzzing every target for $seconds s (LPAROS_CI_FUZZ_SECONDS)"
+    fuzz --seconds "$seconds"
+}
+
 fuzz() {
     local seconds=60 only="" t failed=0
     while [ $# -gt 0 ]; do
@@ -238,7 +254,8 @@ case "$cmd" in
         [ $# -eq 0 ] || { echo "run.sh test takes no options" >&2; usage >&2; exit 2; }
         setup; build
         lint
-        run_tests ;;
+        run_tests
+        ci_fuzz ;;
     bench)
         [ $# -gt 0 ] || { echo "run.sh bench: say which benchmark (boot, hotplug, hcall, vios)" >&2; usage >&2; exit 2; }
         setup; build_bench

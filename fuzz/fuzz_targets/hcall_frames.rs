@@ -8,7 +8,11 @@
 //!   byte at a time and all at once, it yields the same frames and errors
 //!   (garbage counts aside);
 //! - `parse_frame` agrees with the decoder on a frame at the stream start;
-//! - every frame it yields re-encodes (`encode_frame`) to exactly its bytes.
+//! - every frame it yields re-encodes (`encode_frame`) to exactly its bytes;
+//! - the time-limit rule (`Decoder::abandon_partial`, docs/abi.md §3): after
+//!   the stream, giving up on what is held, again and again, empties the
+//!   decoder in at most one step per held byte, and every frame it then
+//!   yields is well formed.
 //!
 //! Then, read from the same bytes with `arbitrary`: a frame built from any
 //! version, kind, opcode, request id and payload decodes back to itself.
@@ -28,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let chunked = decode_stream(&mut decoder, stream, chunk_sizes);
     let bytewise = decode_stream(&mut decoder, stream, &[1]);
     let whole = decode_stream(&mut decoder, stream, &[]);
+    abandon_until_empty(&mut decoder);
     let chunked = without_garbage(chunked);
     assert_eq!(chunked, without_garbage(bytewise), "chunked vs byte-at-a-time");
     assert_eq!(chunked, without_garbage(whole), "chunked vs all at once");
@@ -53,6 +58,24 @@ fuzz_target!(|data: &[u8]| {
 
     roundtrip_arbitrary_frame(data, &mut out);
 });
+
+/// Applies the time-limit rule to whatever the decoder still holds.
+fn abandon_until_empty(decoder: &mut Decoder) {
+    let mut steps = 0;
+    let mut held = decoder.holds_partial();
+    while let Some(e) = decoder.abandon_partial() {
+        assert!(held, "abandoned {e:?} while holding nothing");
+        steps += 1;
+        assert!(steps <= MAX_FRAME, "abandon_partial does not make progress");
+        while let Some(item) = decoder.next_frame() {
+            if let Ok(frame) = item {
+                assert!(frame.payload.len() <= MAX_PAYLOAD);
+            }
+        }
+        held = decoder.holds_partial();
+    }
+    assert!(!decoder.holds_partial(), "bytes held after abandoning");
+}
 
 /// encode_frame then parse_frame gives back the same fields, for fields
 /// drawn from the fuzz input.

@@ -122,6 +122,9 @@ pub enum FrameError {
     TooLong { kind: Kind, opcode: u16, request_id: u32, len: u32 },
     /// Header good, payload CRC wrong.
     PayloadCrc { kind: Kind, opcode: u16, request_id: u32 },
+    /// A frame that never completed: the receiver gave up waiting for the
+    /// rest of it ([`Decoder::abandon_partial`]); `held` bytes were buffered.
+    Truncated { held: usize },
 }
 
 impl FrameError {
@@ -154,6 +157,7 @@ impl fmt::Display for FrameError {
             FrameError::PayloadCrc { request_id, opcode, .. } => {
                 write!(f, "payload CRC mismatch (request id {request_id}, opcode {opcode:#06x})")
             }
+            FrameError::Truncated { held } => write!(f, "incomplete frame abandoned ({held} bytes held)"),
         }
     }
 }
@@ -227,6 +231,13 @@ fn find_magic(b: &[u8]) -> Option<usize> {
 /// delivered. Candidates that end inside the shadow (frames embedded in a
 /// good payload) or fail their checks are dropped without an error, since
 /// those bytes already belonged to a good frame.
+///
+/// Time-limit rule: the decoder has no clock. A header that promises more
+/// bytes than ever come would hold back every frame behind it until enough
+/// bytes arrive; the receiver therefore calls [`Decoder::abandon_partial`]
+/// when the stream has been quiet for its frame time limit while bytes are
+/// held, which treats the incomplete frame like a broken one (one byte
+/// dropped, scanning restarts).
 pub struct Decoder {
     buf: [u8; MAX_FRAME],
     start: usize,
@@ -406,6 +417,34 @@ impl Decoder {
         Overlap::Accept(header, total)
     }
 
+    /// Whether bytes are held after [`Decoder::next_frame`] returned `None`:
+    /// the start of a frame that is not complete yet.
+    pub fn holds_partial(&self) -> bool {
+        self.end - self.start > self.pending_consume
+    }
+
+    /// Gives up on the incomplete frame the decoder is waiting for (call it
+    /// after [`Decoder::next_frame`] returned `None`, when no byte has come
+    /// for the receiver's frame time limit): its first byte is dropped, as
+    /// for a broken frame, and [`Decoder::next_frame`] then delivers what
+    /// follows it. Returns the error to report, or `None` if nothing was
+    /// held. Each call drops at least one byte, so calling it until it
+    /// returns `None` (draining between calls) empties the buffer.
+    pub fn abandon_partial(&mut self) -> Option<FrameError> {
+        self.apply_consume();
+        let held = self.end - self.start;
+        if held == 0 {
+            return None;
+        }
+        self.start += 1;
+        self.shadow = self.shadow.saturating_sub(1);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Some(FrameError::Truncated { held })
+    }
+
     /// Feeds all of `input` and calls `on_item` for every frame or error
     /// that becomes complete, in stream order.
     pub fn push<F>(&mut self, mut input: &[u8], mut on_item: F)
@@ -563,6 +602,52 @@ mod tests {
         let ids: Vec<u32> = f.iter().map(|x| x.0).collect();
         assert_eq!(ids, [2, 3, 4]);
         assert!(matches!(e[0], FrameError::PayloadCrc { request_id: 1, .. }));
+    }
+
+    #[test]
+    fn a_frame_that_never_completes_is_abandoned_and_the_next_delivered() {
+        // A header that promises 4000 bytes, 100 of them sent, then a whole
+        // small frame, then silence: the small frame is held back until the
+        // receiver's time limit makes it abandon the incomplete one.
+        let mut dec = Decoder::new();
+        let big = frame(1, &[7u8; 4000]);
+        let mut stream = big[..100].to_vec();
+        stream.extend(frame(2, b"behind it"));
+        let (f, e) = decode_all(&mut dec, &stream);
+        assert!(f.is_empty() && e.is_empty(), "{f:?} {e:?}");
+        assert!(dec.holds_partial());
+        let mut got = Vec::new();
+        let mut errors = Vec::new();
+        while let Some(err) = dec.abandon_partial() {
+            errors.push(err);
+            while let Some(item) = dec.next_frame() {
+                match item {
+                    Ok(fr) => got.push((fr.header.request_id, fr.payload.to_vec())),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        assert_eq!(got, [(2, b"behind it".to_vec())]);
+        assert_eq!(errors[0], FrameError::Truncated { held: stream.len() });
+        assert!(!dec.holds_partial() && dec.buffered() == 0);
+        // Decoding goes on normally afterwards.
+        let (f, e) = decode_all(&mut dec, &frame(3, b"next"));
+        assert_eq!(f, [(3, b"next".to_vec())]);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn abandon_partial_holds_nothing_back_after_whole_frames() {
+        let mut dec = Decoder::new();
+        let (f, _) = decode_all(&mut dec, &frame(1, b"whole"));
+        assert_eq!(f.len(), 1);
+        assert!(!dec.holds_partial(), "a delivered frame is not a partial one");
+        assert_eq!(dec.abandon_partial(), None);
+        // A half header (fewer than 24 bytes) is partial too.
+        let (_, e) = decode_all(&mut dec, &frame(2, b"x")[..10]);
+        assert!(e.is_empty());
+        assert!(dec.holds_partial());
+        assert_eq!(dec.abandon_partial(), Some(FrameError::Truncated { held: 10 }));
     }
 
     /// A frame cut short whose lost tail equals the first `tail_len`

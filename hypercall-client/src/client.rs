@@ -4,7 +4,11 @@
 //! arrived ([`Client::on_bytes`]), sends what [`Client::take_outgoing`]
 //! returns, and polls results by [`Handle`]. Everything from the channel
 //! is untrusted: malformed input is counted and reported as a [`Notice`],
-//! never a panic.
+//! never a panic. What the host can make the client keep is bounded: at
+//! most [`MAX_EVENTS`] queued events and [`MAX_GRANT_RECORDS`] grant
+//! records (more are dropped and counted), and an incomplete frame is
+//! abandoned once the channel has been quiet for [`FRAME_TIME_LIMIT_NS`]
+//! ([`Client::on_quiet`]; docs/abi.md §3).
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -17,6 +21,7 @@ use hypercall_abi::{
 };
 
 use crate::call::{Call, CallError, Mapping, Placement, Reply};
+use crate::queue::BoundedQueue;
 
 /// Identifies one call for its whole life (across re-sends under new wire
 /// ids). Never reused.
@@ -64,8 +69,14 @@ pub enum Notice {
     /// before a session.
     EventDropped { code: EventCode },
     /// A response whose body contradicts the ABI (e.g. ECHO data differs,
-    /// COPY_FROM length wrong): the call failed with H_HARDWARE.
+    /// COPY_FROM length wrong, a non-canonical ACCEPT address): the call
+    /// failed with H_HARDWARE.
     BadReply { opcode: u16 },
+    /// The event queue was full ([`MAX_EVENTS`]): this event was dropped.
+    EventOverflow { code: EventCode },
+    /// [`MAX_GRANT_RECORDS`] grants are known: a GRANTED event for another
+    /// cookie was dropped.
+    TooManyGrants,
 }
 
 /// The client's record of a mapping (an accepted resource).
@@ -95,6 +106,11 @@ pub struct Stats {
     pub stray_responses: u64,
     pub events: u64,
     pub events_dropped: u64,
+    /// Events accepted but not queued because [`MAX_EVENTS`] were waiting.
+    pub events_overflowed: u64,
+    /// GRANTED events (and QUERY_GRANTS entries) not recorded because
+    /// [`MAX_GRANT_RECORDS`] grants were known.
+    pub grants_refused: u64,
     pub requests_sent: u64,
     pub hellos_sent: u64,
     pub copy_from_retries: u64,
@@ -130,7 +146,7 @@ pub struct Client {
     waiting: VecDeque<(Handle, Call, u8)>,
     outstanding: BTreeMap<u32, Outstanding>,
     done: BTreeMap<Handle, Result<Reply, CallError>>,
-    events: VecDeque<Event>,
+    events: BoundedQueue<Event>,
     notices: VecDeque<Notice>,
     mappings: BTreeMap<u64, MappingRecord>,
     /// Records of mappings whose RETURN is on the wire (already gone from
@@ -161,8 +177,28 @@ impl core::fmt::Debug for Client {
 /// Most notices kept before the oldest are dropped (a flood of garbage
 /// must not grow memory without bound).
 const MAX_NOTICES: usize = 256;
-/// Most events kept before the oldest are dropped.
-const MAX_EVENTS: usize = 1024;
+/// Most events queued for the guest; further ones are dropped (newest
+/// first: the ones already queued, an OWNER_FAILURE say, stay) and counted.
+pub const MAX_EVENTS: usize = 1024;
+/// Most grants the client keeps a record of. A host that floods GRANTED
+/// events with new cookies cannot grow the guest's memory past this; the
+/// grants of accepted mappings are recorded regardless, as their number is
+/// the guest's own doing.
+pub const MAX_GRANT_RECORDS: usize = 4096;
+/// How long the channel may stay quiet while the decoder holds part of a
+/// frame before that frame is abandoned (docs/abi.md §3). lparhv writes
+/// each frame whole, so a real frame's tail follows within milliseconds.
+pub const FRAME_TIME_LIMIT_NS: u64 = 1_000_000_000;
+
+/// Whether `[laddr, laddr + len)` is a range of canonical x86-64 addresses
+/// in one half of the address space (bits 63..47 all equal at both ends):
+/// the only ranges the guest could ever map. `len` must not be 0.
+pub fn canonical_range(laddr: u64, len: u64) -> bool {
+    let upper_half = |a: u64| (a as i64) >> 47;
+    let Some(last) = laddr.checked_add(len - 1) else { return false };
+    let (first_half, last_half) = (upper_half(laddr), upper_half(last));
+    first_half == last_half && (first_half == 0 || first_half == -1)
+}
 
 impl Client {
     /// A client for one boot. `nonce` must differ between boots (docs/abi.md
@@ -182,7 +218,7 @@ impl Client {
             waiting: VecDeque::new(),
             outstanding: BTreeMap::new(),
             done: BTreeMap::new(),
-            events: VecDeque::new(),
+            events: BoundedQueue::new(MAX_EVENTS),
             notices: VecDeque::new(),
             mappings: BTreeMap::new(),
             returning: BTreeMap::new(),
@@ -223,7 +259,7 @@ impl Client {
 
     /// Next queued event (already checked: see docs/abi.md §11).
     pub fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// Next thing worth logging.
@@ -477,29 +513,50 @@ impl Client {
         loop {
             let n = self.decoder.feed(input);
             input = &input[n..];
-            loop {
-                // Copy the frame out so the decoder's borrow ends before we
-                // mutate the rest of the client.
-                let item = match self.decoder.next_frame() {
-                    None => break,
-                    Some(Err(e)) => Err(e),
-                    Some(Ok(f)) => {
-                        let len = HEADER_LEN + f.payload.len();
-                        self.rx[HEADER_LEN..len].copy_from_slice(f.payload);
-                        Ok((f.header, len))
-                    }
-                };
-                match item {
-                    Err(e) => self.on_frame_error(e),
-                    Ok((header, len)) => {
-                        let payload = core::mem::take(&mut self.rx);
-                        self.on_frame(FrameRef { header, payload: &payload[HEADER_LEN..len] });
-                        self.rx = payload;
-                    }
-                }
-            }
+            self.drain_decoder();
             if input.is_empty() {
                 break;
+            }
+        }
+    }
+
+    /// Tell the client no byte has arrived for `quiet_ns`. From
+    /// [`FRAME_TIME_LIMIT_NS`] on, an incomplete frame the decoder holds
+    /// will never be finished: it is abandoned (a [`Notice::Frame`] with
+    /// `FrameError::Truncated`) and the frames behind it are handled.
+    pub fn on_quiet(&mut self, quiet_ns: u64) {
+        if quiet_ns < FRAME_TIME_LIMIT_NS || !self.decoder.holds_partial() {
+            return;
+        }
+        self.rx_batch += 1;
+        while let Some(e) = self.decoder.abandon_partial() {
+            self.on_frame_error(e);
+            self.drain_decoder();
+        }
+    }
+
+    /// Handles every frame and error the decoder can produce from what it
+    /// holds.
+    fn drain_decoder(&mut self) {
+        loop {
+            // Copy the frame out so the decoder's borrow ends before we
+            // mutate the rest of the client.
+            let item = match self.decoder.next_frame() {
+                None => break,
+                Some(Err(e)) => Err(e),
+                Some(Ok(f)) => {
+                    let len = HEADER_LEN + f.payload.len();
+                    self.rx[HEADER_LEN..len].copy_from_slice(f.payload);
+                    Ok((f.header, len))
+                }
+            };
+            match item {
+                Err(e) => self.on_frame_error(e),
+                Ok((header, len)) => {
+                    let payload = core::mem::take(&mut self.rx);
+                    self.on_frame(FrameRef { header, payload: &payload[HEADER_LEN..len] });
+                    self.rx = payload;
+                }
             }
         }
     }
@@ -638,11 +695,14 @@ impl Client {
                     Placement::Anywhere => true,
                 };
                 let overlaps = self.overlaps(laddr, length);
-                if !placed_ok || length == 0 || laddr.checked_add(length).is_none() || overlaps {
+                // A range the guest cannot address (non-canonical) is a
+                // broken reply, never a mapping anyone could touch.
+                if !placed_ok || length == 0 || !canonical_range(laddr, length) || overlaps {
                     Err(())
                 } else {
                     let mapping = Mapping { cookie: *cookie, laddr, len: length };
                     self.mappings.insert(laddr, MappingRecord { mapping, dead: false });
+                    // Recorded even past the limit: one per accepted mapping.
                     self.grants.entry(*cookie).or_insert(GrantRecord { length, from: None });
                     Ok(Reply::Accepted(mapping))
                 }
@@ -671,6 +731,10 @@ impl Client {
             (Call::QueryGrants { .. }, Response::QueryGrants { total, entries }) => {
                 let entries: Vec<_> = entries.iter().collect();
                 for e in &entries {
+                    if !self.may_record_grant(&e.cookie) {
+                        self.stats.grants_refused += 1;
+                        continue;
+                    }
                     let rec = self.grants.entry(e.cookie).or_insert(GrantRecord { length: e.length, from: Some(e.from) });
                     rec.from = Some(e.from);
                     if let GrantState::Rescinded { laddr } = e.state {
@@ -770,8 +834,14 @@ impl Client {
         let known = |c: &Cookie, s: &Self| s.grants.contains_key(c) || s.mappings.values().any(|m| m.mapping.cookie == *c);
         let keep = match &ev {
             Event::Granted { cookie, length, from } => {
-                self.grants.insert(*cookie, GrantRecord { length: *length, from: Some(*from) });
-                true
+                if self.may_record_grant(cookie) {
+                    self.grants.insert(*cookie, GrantRecord { length: *length, from: Some(*from) });
+                    true
+                } else {
+                    self.stats.grants_refused += 1;
+                    self.notice(Notice::TooManyGrants);
+                    false
+                }
             }
             Event::Rescinded { cookie, laddr, forced } => {
                 if !known(cookie, self) {
@@ -802,15 +872,20 @@ impl Client {
             }
             _ => true,
         };
-        if keep {
-            self.stats.events += 1;
-            if self.events.len() >= MAX_EVENTS {
-                self.events.pop_front();
-            }
-            self.events.push_back(ev);
-        } else {
-            self.drop_event(code);
+        if !keep {
+            return self.drop_event(code);
         }
+        self.stats.events += 1;
+        if !self.events.push(ev) {
+            self.stats.events_overflowed += 1;
+            self.notice(Notice::EventOverflow { code });
+        }
+    }
+
+    /// Whether a record for `cookie` may be kept: it is known already, or
+    /// fewer than [`MAX_GRANT_RECORDS`] are.
+    fn may_record_grant(&self, cookie: &Cookie) -> bool {
+        self.grants.len() < MAX_GRANT_RECORDS || self.grants.contains_key(cookie)
     }
 
     fn drop_event(&mut self, code: EventCode) {

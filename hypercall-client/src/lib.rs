@@ -10,6 +10,8 @@
 //! It also keeps the guest's table of mappings (accepted resources): a
 //! RETURN destroys the record before the request is sent, and H_RESCINDED
 //! or a forced RESCINDED event marks only the mapping concerned dead.
+//! Whatever the host sends, the client's memory stays bounded (queue.rs,
+//! the limits in client.rs) and no reply makes it panic.
 //!
 //! Use: feed received bytes to [`Client::on_bytes`], write out what
 //! [`Client::take_outgoing`] returns, start calls with the typed methods
@@ -21,9 +23,14 @@ extern crate alloc;
 
 mod call;
 mod client;
+mod queue;
 #[cfg(test)]
 mod tests;
 
 pub use call::{Call, CallError, Mapping, Placement, Reply};
-pub use client::{Client, GrantRecord, Handle, MappingRecord, Notice, SessionState, Stats, MAX_COPY_FROM_RETRIES};
+pub use client::{
+    canonical_range, Client, GrantRecord, Handle, MappingRecord, Notice, SessionState, Stats, FRAME_TIME_LIMIT_NS, MAX_COPY_FROM_RETRIES,
+    MAX_EVENTS, MAX_GRANT_RECORDS,
+};
 pub use hypercall_abi;
+pub use queue::BoundedQueue;

@@ -532,3 +532,91 @@ fn a_returned_grant_is_still_known_until_rescinded() {
     assert!(c.grant_record(&k).is_none(), "forgotten once rescinded");
     assert_eq!(c.stats().events_dropped, 0);
 }
+
+// ------------------------------------------------------ a hostile host
+
+#[test]
+fn a_non_canonical_accept_address_is_an_error_not_a_mapping() {
+    let (mut c, mut h) = up(1);
+    // Non-canonical start; a range that runs into the hole; one that wraps
+    // past the end of the address space; one that straddles the halves.
+    for (laddr, length) in
+        [(0x0000_8000_0000_0000, 0x1000), (0x0000_7fff_ffff_f000, 0x2000), (u64::MAX - 0xfff, 0x2000), (0xdead_0000_0000_0000, 4096)]
+    {
+        let k = Cookie::from_u128(u128::from(laddr));
+        let a = c.accept(k, Placement::Anywhere);
+        let seen = h.read(&mut c);
+        c.on_bytes(&response(seen[0].id(), Response::AcceptLogical { laddr, length }));
+        assert_eq!(c.poll(a), Some(Err(CallError::Status(Status::Known(ReturnCode::Hardware)))), "{laddr:#x}+{length:#x}");
+        assert_eq!(c.next_notice(), Some(Notice::BadReply { opcode: hypercall_abi::Opcode::AcceptLogical as u16 }));
+        assert_eq!(c.mapping_at(laddr), None);
+    }
+    assert_eq!(c.mappings().count(), 0);
+    // Canonical ranges at the edges of both halves are fine.
+    assert!(canonical_range(0x0000_7fff_ffff_f000, 0x1000));
+    assert!(canonical_range(0xffff_8000_0000_0000, 0x1000));
+    assert!(canonical_range(u64::MAX - 0xfff, 0x1000));
+    let m = accept(&mut c, &mut h, Cookie::from_u128(1), 0x0000_7fff_ffff_f000, 0x1000);
+    assert_eq!(m.laddr, 0x0000_7fff_ffff_f000);
+}
+
+#[test]
+fn a_flood_of_granted_events_is_bounded() {
+    let (mut c, _h) = up(1);
+    let total = MAX_GRANT_RECORDS + 100;
+    let mut stream = Vec::new();
+    for i in 0..total {
+        stream.extend(event(Event::Granted { cookie: Cookie::from_u128(i as u128 + 1), length: 4096, from: name("lp0") }));
+    }
+    c.on_bytes(&stream);
+    let s = c.stats();
+    assert_eq!(s.grants_refused, 100);
+    assert_eq!(s.events_overflowed, (MAX_GRANT_RECORDS - MAX_EVENTS) as u64);
+    assert!(c.grant_record(&Cookie::from_u128(MAX_GRANT_RECORDS as u128)).is_some());
+    assert_eq!(c.grant_record(&Cookie::from_u128(total as u128)), None, "past the limit");
+    let mut queued = 0;
+    while let Some(e) = c.next_event() {
+        // The oldest are kept.
+        if queued == 0 {
+            assert_eq!(e, Event::Granted { cookie: Cookie::from_u128(1), length: 4096, from: name("lp0") });
+        }
+        queued += 1;
+    }
+    assert_eq!(queued, MAX_EVENTS);
+    let notices: Vec<Notice> = core::iter::from_fn(|| c.next_notice()).collect();
+    assert!(notices.contains(&Notice::TooManyGrants), "{notices:?}");
+    assert!(notices.iter().any(|n| matches!(n, Notice::EventOverflow { .. })), "{notices:?}");
+    // A grant already known is still updated; events flow again once read.
+    c.on_bytes(&event(Event::Granted { cookie: Cookie::from_u128(1), length: 8192, from: name("lp0") }));
+    assert_eq!(c.grant_record(&Cookie::from_u128(1)).map(|g| g.length), Some(8192));
+    assert!(c.next_event().is_some());
+}
+
+#[test]
+fn a_frame_cut_short_does_not_hold_back_the_answer_behind_it() {
+    let (mut c, mut h) = up(1);
+    let e = c.echo(b"ping");
+    let seen = h.read(&mut c);
+    // The host sends the start of a 4000-byte event, then the answer, then
+    // nothing more.
+    let long = event(Event::Granted { cookie: Cookie::from_u128(7), length: 4096, from: name("lp0") });
+    let mut cut = response(99, Response::Echo(&[0x55; 4000]));
+    cut.truncate(200);
+    cut.extend(response(seen[0].id(), Response::Echo(b"ping")));
+    cut.extend(&long);
+    c.on_bytes(&cut);
+    assert_eq!(c.poll(e), None, "held back behind the incomplete frame");
+    c.on_quiet(FRAME_TIME_LIMIT_NS - 1);
+    assert_eq!(c.poll(e), None, "not before the time limit");
+    c.on_quiet(FRAME_TIME_LIMIT_NS);
+    assert_eq!(c.poll(e), Some(Ok(Reply::Echo(b"ping".to_vec()))));
+    assert!(matches!(c.next_event(), Some(Event::Granted { .. })), "the event behind it too");
+    assert!(c.stats().frame_errors >= 1);
+    let notices: Vec<Notice> = core::iter::from_fn(|| c.next_notice()).collect();
+    assert!(notices.contains(&Notice::Frame(hypercall_abi::FrameError::Truncated { held: cut.len() })), "{notices:?}");
+    // The channel keeps working.
+    let e2 = c.echo(b"again");
+    let seen = h.read(&mut c);
+    c.on_bytes(&response(seen[0].id(), Response::Echo(b"again")));
+    assert_eq!(c.poll(e2), Some(Ok(Reply::Echo(b"again".to_vec()))));
+}

@@ -14,7 +14,7 @@ use crate::machine::qemu::Accel;
 use crate::machine::vswitch::VSwitch;
 use crate::owner::{CookieSource, Millis, PartitionId};
 use crate::slots::{Launcher, SlotControl};
-use crate::state::paths::{control_socket_path, lan_socket_path, nic_socket_path};
+use crate::state::paths::{control_socket_path, create_private_dir, lan_socket_path, nic_socket_path, restrict_umask};
 use crate::state::{lock, now_ms, Shared, System};
 use crate::storage::served::StorageServers;
 use crate::supervisor::{RestartHandle, StartHooks, Supervisor};
@@ -35,7 +35,7 @@ fn start_lans(config: &SystemConfig) -> Result<Vec<VSwitch>> {
             lans.entry(n.lan.as_str()).or_default().push(nic_socket_path(&config.state_dir, &p.name, i));
         }
     }
-    std::fs::create_dir_all(config.state_dir.join("lan"))?;
+    create_private_dir(&config.state_dir.join("lan"))?;
     lans.into_iter()
         .map(|(lan, ports)| {
             let sw = VSwitch::start(&lan_socket_path(&config.state_dir, lan), ports)?;
@@ -67,7 +67,10 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the state, creates every channel socket and the control socket
     /// and starts serving. QEMU is not started (see [`Daemon::start_partitions`]).
+    /// From here on the process creates nothing other users can reach
+    /// ([`restrict_umask`]), and the state directory must be private.
     pub async fn start(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<Daemon> {
+        restrict_umask();
         let system = System::open(config, cookies)?;
         let system: Shared = Arc::new(Mutex::new(system));
         let slots = SlotControl::open(config, &system).context("opening the slot table")?;

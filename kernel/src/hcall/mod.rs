@@ -5,13 +5,18 @@
 //! and a keepalive timer; nothing polls in a loop.
 //!
 //! Other services use [`call`] (or the typed wrappers) and [`subscribe`].
+//! What the host sends is bounded here too: each subscriber queue holds at
+//! most [`SUBSCRIBER_QUEUE`] events (more are dropped, counted and reported
+//! as `@ev hcall_error what=subscriber_overflow`), and an incomplete frame
+//! is abandoned after the channel was quiet for the client's frame time
+//! limit (docs/abi.md §3).
 
 pub mod spec;
 
 use crate::devices::ConsoleDevice;
 use crate::executor::{timeout, Reactor};
 use crate::runtime::console::{ev, event};
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::BTreeMap;
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -19,7 +24,7 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Cookie, Event, Name, SlotState};
-use hypercall_client::{Call, CallError, Client, Handle, Mapping, Notice, Placement, Reply, SessionState};
+use hypercall_client::{BoundedQueue, Call, CallError, Client, Handle, Mapping, Notice, Placement, Reply, SessionState};
 use spin::{Mutex, Once};
 
 /// Time limit of one call unless the caller says otherwise.
@@ -39,8 +44,12 @@ const WRITE_TIMEOUT_NS: u64 = 5_000_000_000;
 /// `hcall_error` lines printed before they are only counted.
 const MAX_ERROR_LINES: u64 = 64;
 
+/// Most events one subscriber may have waiting; a subscriber that does not
+/// keep up loses the newest ones (counted), never the guest's memory.
+const SUBSCRIBER_QUEUE: usize = 256;
+
 struct Subscriber {
-    queue: Mutex<VecDeque<Event>>,
+    queue: Mutex<BoundedQueue<Event>>,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -108,6 +117,7 @@ async fn pump(svc: Arc<Service>) {
     let mut last_tx = svc.reactor.now_ns();
     let mut hello_sent_at = last_tx;
     let mut keepalive: Option<(Handle, u64)> = None;
+    let mut last_rx = last_tx;
     loop {
         // Wake-up sources first, then look: nothing is missed.
         let dev = svc.reactor.irq(svc.con.vector());
@@ -121,6 +131,9 @@ async fn pump(svc: Arc<Service>) {
             let mut c = svc.client.lock();
             if !rx.is_empty() {
                 c.on_bytes(&rx);
+                last_rx = now;
+            } else {
+                c.on_quiet(now.saturating_sub(last_rx));
             }
             if let Some((h, sent)) = keepalive {
                 if c.poll(h).is_some() {
@@ -155,7 +168,9 @@ async fn pump(svc: Arc<Service>) {
             for e in events {
                 report_event(&e);
                 for s in svc.subscribers.lock().iter() {
-                    s.queue.lock().push_back(e);
+                    if !s.queue.lock().push(e) {
+                        svc.error("subscriber_overflow", e.code().name());
+                    }
                     if let Some(w) = s.waker.lock().take() {
                         w.wake();
                     }
@@ -247,6 +262,8 @@ impl Service {
             Notice::WrongKind { opcode } => self.error("wrong_kind", &format!("request {opcode:#06x} from the host")),
             Notice::EventDropped { code } => self.error("event_dropped", code.name()),
             Notice::BadReply { opcode } => self.error("bad_reply", &format!("opcode {opcode:#06x}")),
+            Notice::EventOverflow { code } => self.error("event_overflow", code.name()),
+            Notice::TooManyGrants => self.error("too_many_grants", "a GRANTED event past the client's grant limit was dropped"),
         }
     }
 }
@@ -401,7 +418,7 @@ pub struct Subscription {
 /// Subscribe to events. Fails when the service is not running.
 pub fn subscribe() -> Result<Subscription, CallError> {
     let svc = service()?;
-    let sub = Arc::new(Subscriber { queue: Mutex::new(VecDeque::new()), waker: Mutex::new(None) });
+    let sub = Arc::new(Subscriber { queue: Mutex::new(BoundedQueue::new(SUBSCRIBER_QUEUE)), waker: Mutex::new(None) });
     svc.subscribers.lock().push(sub.clone());
     Ok(Subscription { sub })
 }
@@ -410,7 +427,7 @@ impl Subscription {
     /// The next event.
     pub fn next(&self) -> impl Future<Output = Event> + '_ {
         core::future::poll_fn(move |cx| {
-            if let Some(e) = self.sub.queue.lock().pop_front() {
+            if let Some(e) = self.sub.queue.lock().pop() {
                 return Poll::Ready(e);
             }
             *self.sub.waker.lock() = Some(cx.waker().clone());

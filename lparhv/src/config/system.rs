@@ -22,7 +22,7 @@ pub(super) fn validate(ctx: &Ctx, system: &RawSystem) -> Result<SystemSection, C
         return Err(ctx.error(
             Some(system.state_dir.span()),
             "state_dir is empty",
-            "set state_dir to a directory lparhv may create and own, e.g. \"/tmp/lparhv-demo\"",
+            "set state_dir to a directory lparhv may create and own, e.g. \"../target/lparhv/demo\" (relative to the config file)",
         ));
     }
     let state_dir = ctx.resolve(system.state_dir.get_ref());

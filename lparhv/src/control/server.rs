@@ -2,6 +2,13 @@
 //! request lines ([`super::protocol`]) and answers each against the
 //! daemon's services — the system state, the slot service and the
 //! configured storage servers, which the daemon hands in ([`Operated`]).
+//!
+//! Only lparhv's own user (and root) may command it: each connection's peer
+//! uid (`SO_PEERCRED`, taken by the kernel at connect time) is checked
+//! before a byte is read; anyone else gets one refusal line and the
+//! connection is closed. The socket's mode (0600) and the private state
+//! directory already keep others out; this check holds even if they are
+//! loosened by hand.
 
 use super::protocol::{ControlReply, ControlRequest, ViosAction, MAX_LINE};
 use crate::slots::{Caller, SlotControl};
@@ -123,7 +130,7 @@ impl ControlServer {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => { conns.spawn(serve(services.clone(), stream, shutdown.clone())); }
+                        Ok((stream, _)) => { conns.spawn(serve_if_allowed(services.clone(), stream, shutdown.clone())); }
                         Err(e) => {
                             warn!("control accept failed: {e}");
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -141,6 +148,40 @@ impl ControlServer {
         let _ = self.task.await;
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Whether a peer with effective uid `peer` may command a daemon running as
+/// `daemon`: the same user, or root.
+fn peer_allowed(peer: u32, daemon: u32) -> bool {
+    peer == daemon || peer == 0
+}
+
+/// Serves the connection if its peer's uid is allowed; otherwise answers
+/// one refusal and closes it.
+async fn serve_if_allowed(services: Operated, mut stream: UnixStream, shutdown: Arc<Notify>) {
+    let daemon = rustix::process::geteuid().as_raw();
+    let peer = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            warn!("control connection without peer credentials refused: {e}");
+            return;
+        }
+    };
+    if !peer_allowed(peer, daemon) {
+        warn!(peer_uid = peer, daemon_uid = daemon, "control connection from another user refused");
+        let reply = ControlReply::err(format!("permission denied: uid {peer} may not command this lparhv (it runs as uid {daemon})"), None);
+        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        out.push(b'\n');
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+        // Closing with the peer's request still unread would reset the
+        // connection and lose the refusal: read (and ignore) what it sent,
+        // for a moment and a line at most.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(500), (&mut stream).take(MAX_LINE as u64).read_to_end(&mut sink)).await;
+        return;
+    }
+    serve(services, stream, shutdown).await
 }
 
 async fn serve(services: Operated, stream: UnixStream, shutdown: Arc<Notify>) {
@@ -184,5 +225,19 @@ async fn serve(services: Operated, stream: UnixStream, shutdown: Arc<Notify>) {
         if line.len() > MAX_LINE {
             return; // the rest of the line is not worth reading
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_allowed;
+
+    #[test]
+    fn only_the_daemons_user_and_root_may_command_it() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(65534, 1000));
+        assert!(!peer_allowed(65534, 0));
     }
 }

@@ -7,8 +7,12 @@
 //! Per connection: lparhv first writes the sync preamble (8216 zero bytes),
 //! then a reader feeds the bytes into a `hypercall-abi` [`Decoder`] and
 //! answers each request; a writer task sends responses and pushed events in
-//! the order they were queued. One connection per partition: a new one
-//! (QEMU reconnecting) replaces the old, whose task is stopped.
+//! the order they were queued. One connection per partition: while one is
+//! live, another is refused (closed at once, logged), so a local process
+//! that manages to connect cannot displace the guest. A connection whose
+//! peer went away (QEMU exited or reconnects, lparhv restarted) ends when
+//! its reader sees end-of-file; a new connection waits up to
+//! [`TAKEOVER_WAIT`] for that before it is refused.
 //!
 //! Malformed input never ends the connection: broken frames are skipped by
 //! the decoder (and answered with H_PARAMETER when their header could be
@@ -41,6 +45,10 @@ pub const OUT_QUEUE: usize = 256;
 /// Malformed-input reports logged at warn level per connection; the rest
 /// are counted and logged at debug.
 const LOUD_ERRORS: u64 = 16;
+/// How long a new channel connection waits for the partition's previous
+/// one to end before it is refused. A peer that really went away is seen
+/// within milliseconds (end-of-file, then at most 200 ms of draining).
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// The running channel server of every partition.
@@ -76,14 +84,17 @@ impl HcallServer {
 }
 
 async fn accept_loop(system: Shared, slots: Arc<SlotControl>, id: PartitionId, name: String, listener: UnixListener) {
-    // Dropping the set (when this task is aborted) aborts the connections.
+    // Dropping the set (when this task is aborted) aborts the connection.
     let mut connections: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    // One connection per partition: the newest wins.
-                    connections.abort_all();
+                    if !previous_ended(&mut connections).await {
+                        warn!(partition = %name, "second channel connection refused: the partition's connection is live");
+                        drop(stream);
+                        continue;
+                    }
                     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                     lock(&system).connection_opened(id, conn_id);
                     info!(partition = %name, conn_id, "channel connected");
@@ -97,6 +108,14 @@ async fn accept_loop(system: Shared, slots: Arc<SlotControl>, id: PartitionId, n
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// Whether the partition has no live connection, waiting up to
+/// [`TAKEOVER_WAIT`] for one whose peer already hung up to finish (its
+/// reader sees end-of-file, then it lets queued frames drain).
+async fn previous_ended(connections: &mut JoinSet<()>) -> bool {
+    let drained = tokio::time::timeout(TAKEOVER_WAIT, async { while connections.join_next().await.is_some() {} });
+    drained.await.is_ok()
 }
 
 /// Per-connection state.

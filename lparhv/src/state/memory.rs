@@ -3,13 +3,15 @@
 //! lparhv restart and a later ivshmem hot-plug (QEMU `memory-backend-file`,
 //! `share=on`) can map the very same bytes. Copies go through positioned
 //! reads and writes (`pread`/`pwrite`), always under the system lock and
-//! only after the caller's logical-to-physical check passed.
+//! only after the caller's logical-to-physical check passed. A region file
+//! is mode 0600 (only lparhv's user, and the QEMU it starts, may read
+//! shared memory); an older, wider file is narrowed when it is opened.
 
 use crate::owner::ResourceId;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// One region file.
@@ -21,11 +23,19 @@ pub struct Region {
     file: File,
 }
 
+/// The mode of a region file: read and write for lparhv's user only.
+pub const REGION_MODE: u32 = 0o600;
+
 impl Region {
-    /// Opens or creates the file and gives it exactly `size` bytes.
+    /// Opens or creates the file (mode [`REGION_MODE`]) and gives it
+    /// exactly `size` bytes.
     pub fn open(dir: &Path, name: &str, size: u64) -> io::Result<Region> {
         let path = dir.join(format!("{name}.mem"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(REGION_MODE).open(&path)?;
+        // A file created before this rule (0644) is narrowed, not trusted.
+        if file.metadata()?.permissions().mode() & 0o7777 != REGION_MODE {
+            file.set_permissions(std::fs::Permissions::from_mode(REGION_MODE))?;
+        }
         if file.metadata()?.len() != size {
             file.set_len(size)?;
         }
@@ -90,6 +100,19 @@ mod tests {
         drop(r);
         let again = Region::open(dir.path(), "m", 8192).unwrap();
         assert_eq!(again.read(4090, 6).unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn region_files_are_private_even_if_they_were_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = Region::open(dir.path(), "fresh", 4096).unwrap();
+        assert_eq!(mode(&fresh.path), REGION_MODE);
+        let old = dir.path().join("old.mem");
+        std::fs::write(&old, [0u8; 4096]).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reopened = Region::open(dir.path(), "old", 4096).unwrap();
+        assert_eq!(mode(&reopened.path), REGION_MODE);
     }
 
     #[test]

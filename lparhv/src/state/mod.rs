@@ -330,8 +330,9 @@ impl System {
     /// a state directory whose regions changed size under it.
     pub fn open(config: &SystemConfig, cookies: Box<dyn CookieSource + Send>) -> Result<System> {
         let dir = &config.state_dir;
-        std::fs::create_dir_all(dir.join("mem")).with_context(|| format!("creating state directory {}", dir.display()))?;
-        std::fs::create_dir_all(dir.join("hcall"))?;
+        paths::prepare_state_dir(dir)?;
+        paths::create_private_dir(&dir.join("mem"))?;
+        paths::create_private_dir(&dir.join("hcall"))?;
         let registry_path = dir.join("registry.json");
         let mut registry = Registry::load(&registry_path)?;
         let owner = PartitionId(Registry::id_for(&mut registry.partitions, &config.owner.name));
