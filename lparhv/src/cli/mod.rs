@@ -4,6 +4,8 @@ mod bench;
 mod boot;
 mod demo;
 mod failover;
+mod live;
+mod power;
 mod rootvg;
 mod slots;
 mod storage;
@@ -41,6 +43,10 @@ enum Command {
     Accel,
     #[command(flatten)]
     System(system::SystemCommand),
+    #[command(flatten)]
+    Power(power::PowerCommand),
+    /// Attach to a partition's serial console (read-only; Ctrl-] detaches).
+    Console(live::ConsoleArgs),
     #[command(flatten)]
     Slots(slots::SlotCommand),
     /// Create, inspect and check rootvg images.
@@ -81,6 +87,8 @@ pub fn run() -> Result<()> {
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Bench(args) => bench::run(&ctx, args),
         Command::System(cmd) => system::run(&ctx, cmd),
+        Command::Power(cmd) => power::run(cmd),
+        Command::Console(args) => live::console(args),
         Command::Slots(cmd) => slots::run(cmd),
         Command::Rootvg(args) => rootvg::run(args),
         Command::Vios(args) => vios::run(args),

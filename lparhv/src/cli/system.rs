@@ -1,5 +1,6 @@
-//! `lparhv up / status / down / grant / rescind / resources / events`: run
-//! a managed system from its TOML config and play the owner role on it.
+//! `lparhv up / status / grant / rescind / resources / events`: run a
+//! managed system from its TOML config and play the owner role on it
+//! (`down` is with the power operations, `super::power`).
 //! Everything but `up` talks to the running daemon over its control socket.
 
 use super::{interrupted, Ctx};
@@ -22,8 +23,6 @@ pub enum SystemCommand {
     Up(UpArgs),
     /// Show the partitions of the running system.
     Status(StatusArgs),
-    /// Stop the running system (kills its partitions).
-    Down(Target),
     /// Grant (part of) an owner resource to a partition; prints the cookie.
     Grant(GrantArgs),
     /// Rescind a grant the owner made (normal: only after the client returned).
@@ -48,7 +47,7 @@ pub struct Target {
 
 impl Target {
     /// The state directory, when a config names it.
-    fn state_dir(&self) -> Result<Option<PathBuf>> {
+    pub(super) fn state_dir(&self) -> Result<Option<PathBuf>> {
         let config = self.config.clone().or_else(|| std::env::var_os("LPARHV_CONFIG").map(PathBuf::from));
         match config {
             Some(path) => Ok(Some(SystemConfig::load(&path)?.state_dir)),
@@ -149,6 +148,9 @@ pub struct EventsArgs {
     /// How many of the most recent events.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Keep printing events as they happen (Ctrl-C stops).
+    #[arg(long, short = 'f')]
+    follow: bool,
     /// Machine-readable output (JSON).
     #[arg(long)]
     json: bool,
@@ -181,22 +183,6 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
                 }
             }
             Ok(())
-        }
-        SystemCommand::Down(t) => {
-            match control::call(&t.socket()?, &ControlRequest::Down) {
-                Ok(_) => {
-                    println!("lparhv: shutdown requested");
-                    Ok(())
-                }
-                Err(e) => {
-                    // No daemon (lparhv was killed): its partitions may still
-                    // run detached; kill them from their run records.
-                    let Some(state_dir) = t.state_dir()? else { return Err(e) };
-                    let killed = lparhv::machine::detached::kill_all_recorded(&state_dir);
-                    println!("lparhv: no daemon ({e:#}); killed {} recorded partition(s): {}", killed.len(), killed.join(", "));
-                    Ok(())
-                }
-            }
         }
         SystemCommand::Grant(a) => {
             let req = ControlRequest::Grant { resource: a.resource, to: a.to, offset: a.offset, length: a.length };
@@ -251,15 +237,14 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             }
             Ok(())
         }
+        SystemCommand::Events(a) if a.follow => super::live::follow_events(&a.target.socket()?, a.limit, a.json),
         SystemCommand::Events(a) => {
             let v = control::call(&a.target.socket()?, &ControlRequest::Events { limit: Some(a.limit) })?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let es: Vec<LogEntry> = serde_json::from_value(v)?;
-                for e in es {
-                    println!("{:>6} {} {:<14} {:<10} {}", e.seq, e.time_ms, e.kind, e.partition.unwrap_or_default(), e.detail);
-                }
+                es.iter().for_each(super::live::print_log_entry);
             }
             Ok(())
         }
