@@ -97,6 +97,9 @@ fn console_file(target: &Target, partition: &str) -> Result<PathBuf> {
 /// or stdout is closed.
 pub fn console(args: ConsoleArgs) -> Result<()> {
     let path = console_file(&args.target, &args.partition)?;
+    // Where to start is fixed before the banner: what the guest prints
+    // after the banner is shown.
+    let mut offset = if args.from_start { 0 } else { std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) };
     let detach = Arc::new(AtomicBool::new(false));
     let _raw = if std::io::stdin().is_terminal() {
         eprintln!("lparhv: console of {} (read-only); Ctrl-] detaches", args.partition);
@@ -107,7 +110,6 @@ pub fn console(args: ConsoleArgs) -> Result<()> {
         eprintln!("lparhv: console of {} (read-only); Ctrl-C detaches", args.partition);
         None
     };
-    let mut offset = if args.from_start { 0 } else { std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) };
     let mut out = std::io::stdout();
     let mut buf = vec![0u8; 64 * 1024];
     while !detach.load(Ordering::Relaxed) && !interrupted() {

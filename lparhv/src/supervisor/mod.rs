@@ -222,3 +222,29 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (RestartHandle, mpsc::Receiver<PartitionId>) {
+        let (tx, rx) = mpsc::channel();
+        (RestartHandle { tx, held: Arc::new(Mutex::new(BTreeSet::new())) }, rx)
+    }
+
+    #[test]
+    fn a_partition_stopped_on_purpose_is_not_restarted_by_recovery() {
+        let (h, rx) = handle();
+        let p = PartitionId(3);
+        assert!(h.restart_after_recovery(p), "a failed partition is started again");
+        assert_eq!(rx.try_recv(), Ok(p));
+        h.hold(p);
+        assert!(h.is_held(p));
+        assert!(!h.restart_after_recovery(p), "held down");
+        assert!(rx.try_recv().is_err(), "no start was asked for");
+        h.start(p);
+        assert_eq!(rx.try_recv(), Ok(p), "act / reboot start it");
+        assert!(!h.is_held(p), "and end the hold");
+        assert!(h.restart_after_recovery(p));
+    }
+}
