@@ -93,7 +93,20 @@ impl Daemon {
         let control = ControlServer::start(operated, &control_path, shutdown.clone())?;
         let lans = start_lans(config)?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, slots, power, storage, _lans: lans })
+        Ok(Daemon {
+            system,
+            hcall,
+            control,
+            recovery,
+            shutdown,
+            supervisor: None,
+            restart,
+            control_path,
+            slots,
+            power,
+            storage,
+            _lans: lans,
+        })
     }
 
     pub fn system(&self) -> &Shared {

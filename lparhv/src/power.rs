@@ -146,7 +146,9 @@ impl PowerControl {
                 .into_iter()
                 .zip(&names)
                 .map(|(t, name)| {
-                    t.join().unwrap_or_else(|_| report(name, PowerOutcome::Failed, timeout, Duration::ZERO, "the shutdown thread failed".into()))
+                    t.join().unwrap_or_else(|_| {
+                        report(name, PowerOutcome::Failed, timeout, Duration::ZERO, "the shutdown thread failed".into())
+                    })
                 })
                 .collect()
         })
@@ -179,10 +181,8 @@ impl PowerControl {
         };
         let mut r = if gone {
             let exit = self.wait_recorded(id, pid);
-            let guest = guest_events
-                .as_mut()
-                .and_then(|s| s.next_named("shutdown", SETTLE).ok())
-                .map(|(e, _)| e.fields.into_iter().collect());
+            let guest =
+                guest_events.as_mut().and_then(|s| s.next_named("shutdown", SETTLE).ok()).map(|(e, _)| e.fields.into_iter().collect());
             let outcome = if exit.as_deref() == Some("PoweredOff") { PowerOutcome::Graceful } else { PowerOutcome::Exited };
             let message = match outcome {
                 PowerOutcome::Graceful => format!("powered off by the guest in {} ms", started.elapsed().as_millis()),

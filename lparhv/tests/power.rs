@@ -157,7 +157,9 @@ impl Streaming {
         let stderr = child.stderr.take().unwrap();
         let err_tx = tx.clone();
         std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
-        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).try_for_each(|l| err_tx.send(format!("stderr: {l}"))));
+        std::thread::spawn(move || {
+            BufReader::new(stderr).lines().map_while(Result::ok).try_for_each(|l| err_tx.send(format!("stderr: {l}")))
+        });
         Streaming { child, lines, seen: Vec::new() }
     }
 

@@ -7,8 +7,8 @@
 //! current end (or `--from-start`), while the daemon keeps its own reader.
 //! Events come over the control socket's `follow_events` subscription.
 
-use super::system::Target;
 use super::interrupted;
+use super::system::Target;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lparhv::control::{self, ControlRequest, FollowEnd};

@@ -41,7 +41,12 @@ fn shutdown_reply(r: PowerReport) -> ControlReply {
         PowerOutcome::NotRunning => hypercall_abi::ReturnCode::NotActive,
         PowerOutcome::Failed => hypercall_abi::ReturnCode::Hardware,
     };
-    ControlReply { ok: false, error: Some(format!("{}: {}", r.partition, r.message)), code: Some(code.raw()), result: serde_json::to_value(&r).ok() }
+    ControlReply {
+        ok: false,
+        error: Some(format!("{}: {}", r.partition, r.message)),
+        code: Some(code.raw()),
+        result: serde_json::to_value(&r).ok(),
+    }
 }
 
 /// Shutdown and reboot: checks the request, then runs it (blocking).
