@@ -155,11 +155,12 @@ impl PowerControl {
     }
 
     /// A graceful shutdown, then a start (the same as `act`). The start is
-    /// skipped when the partition did not go down.
-    pub fn reboot(&self, partition: &str, timeout: Duration) -> Result<RebootReport, PowerReport> {
+    /// skipped (Err: the shutdown's report) when the partition did not go
+    /// down.
+    pub fn reboot(&self, partition: &str, timeout: Duration) -> Result<RebootReport, Box<PowerReport>> {
         let shutdown = self.shutdown(partition, timeout);
         if !matches!(shutdown.outcome, PowerOutcome::Graceful | PowerOutcome::Exited | PowerOutcome::Forced) {
-            return Err(shutdown);
+            return Err(Box::new(shutdown));
         }
         let start = self.slots.execute(&Caller::Operator, &Command::Act { partition: partition.to_string() });
         Ok(RebootReport { shutdown, start })

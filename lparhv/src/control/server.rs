@@ -72,7 +72,7 @@ fn power(services: &Operated, request: &ControlRequest) -> ControlReply {
                 code: Some(r.start.code),
                 result: serde_json::to_value(&r).ok(),
             },
-            Err(shutdown) => shutdown_reply(shutdown),
+            Err(shutdown) => shutdown_reply(*shutdown),
         },
         (_, Some(p)) => shutdown_reply(services.power.shutdown(p, timeout)),
         (_, None) => ControlReply::ok(services.power.shutdown_all(timeout)),
