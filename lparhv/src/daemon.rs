@@ -1,7 +1,8 @@
 //! The composition root: the daemon `lparhv up` runs. It builds and owns
 //! every service and wires them together, so data flows one way and no
 //! service knows the daemon: the system state ([`crate::state`]), the slot
-//! service ([`crate::slots`]), the configured storage servers
+//! service ([`crate::slots`]), the power operations ([`crate::power`]),
+//! the configured storage servers
 //! ([`crate::storage`]), the hypercall channel server ([`crate::hcall`]),
 //! the control socket ([`crate::control`]), the LAN switches, the
 //! owner-failure timer and (optionally) the partitions' QEMU processes with
@@ -13,6 +14,7 @@ use crate::hcall::HcallServer;
 use crate::machine::qemu::Accel;
 use crate::machine::vswitch::VSwitch;
 use crate::owner::{CookieSource, Millis, PartitionId};
+use crate::power::PowerControl;
 use crate::slots::{Launcher, SlotControl};
 use crate::state::paths::{control_socket_path, create_private_dir, lan_socket_path, nic_socket_path, restrict_umask};
 use crate::state::{lock, now_ms, Shared, System};
@@ -57,6 +59,8 @@ pub struct Daemon {
     control_path: PathBuf,
     /// The slot table and partition commands.
     slots: Arc<SlotControl>,
+    /// Shutdown, reboot and `down` of the partitions.
+    power: Arc<PowerControl>,
     /// The configured storage servers (stopped after the partitions).
     storage: Option<Arc<StorageServers>>,
     /// The virtual LANs (their switches stop when the daemon is dropped;
@@ -87,11 +91,25 @@ impl Daemon {
         let hcall = HcallServer::start(&system, &slots)?;
         let shutdown = Arc::new(Notify::new());
         let control_path = control_socket_path(&config.state_dir);
-        let operated = Operated { system: system.clone(), slots: slots.clone(), storage: storage.clone() };
+        let power = Arc::new(PowerControl::new(system.clone(), slots.clone()));
+        let operated = Operated { system: system.clone(), slots: slots.clone(), power: power.clone(), storage: storage.clone() };
         let control = ControlServer::start(operated, &control_path, shutdown.clone())?;
         let lans = start_lans(config)?;
         info!(system = %config.name, state_dir = %config.state_dir.display(), "lparhv daemon serving");
-        Ok(Daemon { system, hcall, control, recovery, shutdown, supervisor: None, restart, control_path, slots, storage, _lans: lans })
+        Ok(Daemon {
+            system,
+            hcall,
+            control,
+            recovery,
+            shutdown,
+            supervisor: None,
+            restart,
+            control_path,
+            slots,
+            power,
+            storage,
+            _lans: lans,
+        })
     }
 
     pub fn system(&self) -> &Shared {
@@ -135,11 +153,17 @@ impl Daemon {
         let supervisor = Supervisor::start(self.system.clone(), Some(hooks), names, accel, echo_console)?;
         *self.restart.lock().unwrap_or_else(|p| p.into_inner()) = Some(supervisor.restart_handle());
         self.slots.set_launcher(Launcher { restart: supervisor.restart_handle() });
+        self.power.set_restart(supervisor.restart_handle());
         self.supervisor = Some(supervisor);
         Ok(())
     }
 
-    /// Kills every QEMU, stops serving, removes the sockets and closes the
+    /// The power operations (shutdown, reboot, down).
+    pub fn power(&self) -> &Arc<PowerControl> {
+        &self.power
+    }
+
+    /// Kills every QEMU (what a `down` request left running), stops serving, removes the sockets and closes the
     /// database. Returns when nothing of the daemon is left running.
     pub async fn stop(self) {
         if let Some(st) = &self.storage {
@@ -192,7 +216,9 @@ async fn recovery_timer(system: Shared, restart: RestartSlot, mut rx: mpsc::Unbo
             };
             if owns {
                 if let Some(h) = restart.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                    h.restart(id);
+                    if !h.restart_after_recovery(id) {
+                        info!(partition = %id, "stopped on purpose: not started again after its recovery");
+                    }
                 }
             }
         });

@@ -19,6 +19,7 @@
 //!   processes exporting LUNs over NBD, NBD disk attachment, verification of
 //!   the guest's write log), their protocols (PAUSE/RESUME, NPIV freeze) and
 //!   the configured storage servers.
+//! - `power`: graceful shutdown, reboot and `down` of the partitions.
 //! - `hcall`: the hypercall channel server.
 //! - `control`: the operator's control socket (protocol, server, client).
 //! - `daemon`: the composition root that `lparhv up` runs.
@@ -33,6 +34,7 @@ pub mod lab;
 pub mod machine;
 pub mod owner;
 pub mod pattern;
+pub mod power;
 pub mod slots;
 pub mod state;
 pub mod storage;

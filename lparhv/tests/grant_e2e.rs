@@ -379,7 +379,7 @@ fn qemu_lparhv_killed_and_restarted_mid_session() {
     assert_eq!(control(&state, &ControlRequest::Resources), before, "grants changed after the sessions came back");
 
     // `down` kills the partitions.
-    control(&state, &ControlRequest::Down);
+    control(&state, &ControlRequest::Down { timeout_s: None });
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|r| proc_start_ticks(r.pid) == Some(r.start_ticks)) {
         assert!(Instant::now() < deadline, "down left QEMU running");
@@ -611,7 +611,7 @@ fn lparhv_killed_during_accept_return_traffic() {
         assert!(r.grants.is_empty(), "grants left: {:?}", r.grants);
         assert_eq!(r.state, "NotSharable", "{r:?}");
     }
-    control(&state, &ControlRequest::Down);
+    control(&state, &ControlRequest::Down { timeout_s: None });
     if let Some(mut c) = up.child.take() {
         let st = c.wait().unwrap();
         assert!(st.success(), "lparhv up exited with {st}");

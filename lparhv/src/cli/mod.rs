@@ -8,7 +8,9 @@ mod boot;
 mod demo;
 pub mod exit;
 mod failover;
+mod live;
 mod manual;
+mod power;
 mod progress;
 mod rootvg;
 mod slots;
@@ -71,6 +73,10 @@ enum Command {
     #[command(flatten)]
     System(system::SystemCommand),
     #[command(flatten)]
+    Power(power::PowerCommand),
+    /// Attach to a partition's serial console (read-only; Ctrl-] detaches).
+    Console(live::ConsoleArgs),
+    #[command(flatten)]
     Slots(slots::SlotCommand),
     /// Create, inspect and check rootvg images.
     Rootvg(rootvg::RootvgArgs),
@@ -87,7 +93,7 @@ impl Command {
     fn has_json_output(&self) -> bool {
         match self {
             Command::System(c) => c.has_json_output(),
-            Command::Slots(_) => true,
+            Command::Slots(_) | Command::Power(_) => true,
             Command::Rootvg(a) => a.has_json_output(),
             Command::Vios(a) => a.names_a_system(),
             _ => false,
@@ -97,7 +103,7 @@ impl Command {
     /// Whether the command works on a system (so `--config`/`--control` mean something to it).
     fn names_a_system(&self) -> bool {
         match self {
-            Command::System(_) | Command::Slots(_) => true,
+            Command::System(_) | Command::Slots(_) | Command::Power(_) | Command::Console(_) => true,
             Command::Vios(a) => a.names_a_system(),
             _ => false,
         }
@@ -117,7 +123,6 @@ impl Command {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Whether the user pressed Ctrl-C.
 /// Numeric field `key` of guest event `e`; an error naming both if it is
 /// missing or not a number (benchmarks and demos never print a missing
 /// figure as 0).
@@ -127,6 +132,7 @@ pub fn event_u64(e: &lparhv::Event, key: &str) -> Result<u64> {
     text.parse().with_context(|| format!("guest event `{}`: field `{key}`={text:?} is not a number", e.name))
 }
 
+/// Whether the user pressed Ctrl-C.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
@@ -153,6 +159,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Vios(args) => vios::run(&ctx, args),
         Command::Completions(args) => manual::completions(args),
         Command::Man(args) => manual::man(args),
+        Command::Power(cmd) => power::run(&ctx, cmd),
+        Command::Console(args) => live::console(&ctx, args),
         Command::Accel => {
             let d = ctx.accel()?;
             println!("{} ({})", d.accel, d.reason);

@@ -1,5 +1,6 @@
-//! `lparhv up / status / down / grant / rescind / resources / events`: run
-//! a managed system from its TOML config and play the owner role on it.
+//! `lparhv up / status / grant / rescind / resources / events`: run a
+//! managed system from its TOML config and play the owner role on it
+//! (`down` is with the power operations, `super::power`).
 //! Everything but `up` talks to the running daemon over its control socket.
 
 use super::exit::UsageError;
@@ -24,8 +25,6 @@ pub enum SystemCommand {
     Up(UpArgs),
     /// Show the partitions of the running system.
     Status,
-    /// Stop the running system (kills its partitions).
-    Down,
     /// Grant (part of) an owner resource to a partition; prints the cookie.
     Grant(GrantArgs),
     /// Rescind a grant the owner made (normal: only after the client returned).
@@ -38,7 +37,7 @@ pub enum SystemCommand {
 
 impl SystemCommand {
     pub fn has_json_output(&self) -> bool {
-        !matches!(self, SystemCommand::Up(_) | SystemCommand::Down)
+        !matches!(self, SystemCommand::Up(_))
     }
 }
 
@@ -59,7 +58,8 @@ impl Target {
     }
 
     /// The state directory, when a config names it.
-    fn state_dir(&self) -> Result<Option<PathBuf>> {
+    /// The state directory, when a config names it.
+    pub(super) fn state_dir(&self) -> Result<Option<PathBuf>> {
         match self.config_file() {
             Some(path) => Ok(Some(SystemConfig::load(&path)?.state_dir)),
             None => Ok(self.control.as_ref().and_then(|c| c.parent().map(PathBuf::from))),
@@ -144,6 +144,9 @@ pub struct EventsArgs {
     /// How many of the most recent events.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Keep printing events as they happen (Ctrl-C stops).
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 /// Prints the daemon's result as JSON.
@@ -164,22 +167,6 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             let s: StatusView = serde_json::from_value(v)?;
             print!("{}", status::render_text(&s));
             Ok(())
-        }
-        SystemCommand::Down => {
-            match control::call(&target.socket()?, &ControlRequest::Down) {
-                Ok(_) => {
-                    println!("lparhv: shutdown requested");
-                    Ok(())
-                }
-                Err(e) => {
-                    // No daemon (lparhv was killed): its partitions may still
-                    // run detached; kill them from their run records.
-                    let Some(state_dir) = target.state_dir()? else { return Err(e) };
-                    let killed = lparhv::machine::detached::kill_all_recorded(&state_dir);
-                    println!("lparhv: no daemon ({e:#}); killed {} recorded partition(s): {}", killed.len(), killed.join(", "));
-                    Ok(())
-                }
-            }
         }
         SystemCommand::Grant(a) => {
             let req = ControlRequest::Grant { resource: a.resource, to: a.to, offset: a.offset, length: a.length };
@@ -231,15 +218,14 @@ pub fn run(ctx: &Ctx, cmd: SystemCommand) -> Result<()> {
             }
             Ok(())
         }
+        SystemCommand::Events(a) if a.follow => super::live::follow_events(&target.socket()?, a.limit, ctx.json),
         SystemCommand::Events(a) => {
             let v = control::call(&target.socket()?, &ControlRequest::Events { limit: Some(a.limit) })?;
             if ctx.json {
                 return print_json(&v);
             }
             let es: Vec<LogEntry> = serde_json::from_value(v)?;
-            for e in es {
-                println!("{:>6} {} {:<14} {:<10} {}", e.seq, e.time_ms, e.kind, e.partition.unwrap_or_default(), e.detail);
-            }
+            es.iter().for_each(super::live::print_log_entry);
             Ok(())
         }
     }

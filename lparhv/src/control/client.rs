@@ -1,7 +1,9 @@
-//! The blocking client of the control socket (the CLI's side). Its
-//! failures that a script must tell apart (no daemon, no answer in time, a
-//! refusal with its PAPR code) are a [`ControlError`]; the CLI maps them to
-//! exit codes (docs/lparhv.md, "Exit codes").
+//! The blocking client of the control socket (the CLI's side): one
+//! request and its reply ([`request`], [`call`]), or a request that keeps
+//! the connection open and streams ([`follow`]). Its failures that a script
+//! must tell apart (no daemon, no answer in time, a refusal with its PAPR
+//! code) are a [`ControlError`]; the CLI maps them to exit codes
+//! (docs/lparhv.md, "Exit codes").
 
 use super::protocol::{ControlReply, ControlRequest};
 use anyhow::{Context, Result};
@@ -67,16 +69,21 @@ fn reply_timeout() -> Result<Duration> {
     }
 }
 
+/// Connects to the control socket; no daemon there is a [`ControlError::NotRunning`].
+fn connect(path: &Path) -> Result<std::os::unix::net::UnixStream> {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => Ok(s),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            Err(ControlError::NotRunning { socket: path.to_path_buf(), source: e }.into())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach the lparhv daemon at {}", path.display())),
+    }
+}
+
 /// A blocking client (the CLI's): sends one request, returns the reply.
 pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
     let timeout = reply_timeout()?;
-    let stream = match std::os::unix::net::UnixStream::connect(path) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Err(ControlError::NotRunning { socket: path.to_path_buf(), source: e }.into())
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot reach the lparhv daemon at {}", path.display())),
-    };
+    let stream = connect(path)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = serde_json::to_vec(request)?;
@@ -98,4 +105,56 @@ pub fn request(path: &Path, request: &ControlRequest) -> Result<ControlReply> {
 /// Like [`request`] but turns a refusal into a [`ControlError::Refused`].
 pub fn call(path: &Path, req: &ControlRequest) -> Result<Value> {
     Ok(request(path, req)?.into_result()?)
+}
+
+/// Why [`follow`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FollowEnd {
+    /// `keep_going` said stop (the user detached).
+    Stopped,
+    /// The daemon closed the connection (it stopped).
+    Closed,
+    /// The daemon dropped this follower; its notice.
+    Dropped(String),
+}
+
+/// Sends a request that keeps the connection open (`follow_events`) and
+/// hands every line after the first reply to `on_item`, until the daemon
+/// closes the connection or drops the follower, or `keep_going` (asked at
+/// least every 200 ms) returns false.
+pub fn follow(path: &Path, request: &ControlRequest, mut on_item: impl FnMut(Value), keep_going: impl Fn() -> bool) -> Result<FollowEnd> {
+    let stream = connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(&stream);
+    let mut first = true;
+    let mut buf = Vec::new();
+    loop {
+        if !keep_going() {
+            return Ok(FollowEnd::Stopped);
+        }
+        // A time-out keeps what was read of the line in `buf`.
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => return Ok(FollowEnd::Closed),
+            Ok(_) if !buf.ends_with(b"\n") => return Ok(FollowEnd::Closed),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e).context("reading from the daemon"),
+        }
+        let v: Value = serde_json::from_slice(&buf).with_context(|| format!("unreadable line {:?}", String::from_utf8_lossy(&buf)))?;
+        buf.clear();
+        if first {
+            first = false;
+            let reply: ControlReply = serde_json::from_value(v).context("unreadable reply")?;
+            reply.into_result()?;
+            continue;
+        }
+        if let Some(notice) = v.get("notice").and_then(Value::as_str) {
+            return Ok(FollowEnd::Dropped(notice.to_string()));
+        }
+        on_item(v);
+    }
 }

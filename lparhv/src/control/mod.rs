@@ -5,6 +5,6 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 
-pub use client::{call, request, ControlError};
+pub use client::{call, follow, request, ControlError, FollowEnd};
 pub use protocol::{ControlReply, ControlRequest, ViosAction};
 pub use server::{ControlServer, Operated};

@@ -2,13 +2,23 @@
 //! lines. The client writes one request object per line; the daemon answers
 //! each with one reply line, in order, on the same connection.
 //!
-//! Request: `{"op": "status"}`, `{"op": "down"}`, `{"op": "resources"}`,
+//! Request: `{"op": "status"}`, `{"op": "down", "timeout_s": 30}`,
+//! `{"op": "shutdown", "partition": "lpar1", "timeout_s": 30}`,
+//! `{"op": "reboot", "partition": "lpar1"}`, `{"op": "resources"}`,
 //! `{"op": "events", "limit": 50}`, `{"op": "grant", "resource": "shm0",
 //! "to": "lpar1", "offset": 0, "length": 4096}`, `{"op": "rescind",
 //! "cookie": "<32 hex>", "partition": "lpar1", "force": false}`.
 //! `{"op": "vios", "action": "restart"|"crash"|"list", "name": "vios1"}`.
 //! Reply: `{"ok": true, "result": …}` or `{"ok": false, "error": "…",
 //! "code": -7}` (`code`: the PAPR return code, when there is one).
+//!
+//! One request keeps the connection open: `{"op": "follow_events",
+//! "backlog": 50}` is answered with `{"ok": true, "result": {"queue": 256}}`,
+//! then the last `backlog` log entries and every later one, one JSON
+//! object per line, until the client closes the connection. A follower
+//! that falls `queue` entries behind (or does not read for 5 s) gets one
+//! last line `{"notice": "…"}` and is disconnected; the daemon never waits
+//! for it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,7 +30,29 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
     Status,
-    Down,
+    /// Shut every partition down gracefully in parallel (each within
+    /// `timeout_s`, then hard), answer with the reports, then stop.
+    Down {
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Press a partition's power button; stop it hard after `timeout_s`.
+    Shutdown {
+        partition: String,
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// A graceful shutdown (as `shutdown`), then a start (as `act`).
+    Reboot {
+        partition: String,
+        #[serde(default)]
+        timeout_s: Option<u64>,
+    },
+    /// Stream the event log (see the module header).
+    FollowEvents {
+        #[serde(default)]
+        backlog: Option<usize>,
+    },
     Resources,
     Events {
         #[serde(default)]
@@ -116,5 +148,14 @@ mod tests {
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"vios","action":"reboot","name":"v"}"#).is_err());
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"vios","name":"v"}"#).is_err());
+        assert_eq!(serde_json::from_str::<ControlRequest>(r#"{"op":"down"}"#).unwrap(), ControlRequest::Down { timeout_s: None });
+        let r: ControlRequest = serde_json::from_str(r#"{"op":"shutdown","partition":"lpar1","timeout_s":5}"#).unwrap();
+        assert_eq!(r, ControlRequest::Shutdown { partition: "lpar1".into(), timeout_s: Some(5) });
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"shutdown"}"#).is_err(), "shutdown needs a partition");
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reboot","partition":"p","timeout_s":-1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(r#"{"op":"follow_events"}"#).unwrap(),
+            ControlRequest::FollowEvents { backlog: None }
+        );
     }
 }

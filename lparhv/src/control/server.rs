@@ -1,7 +1,9 @@
 //! The control socket server: accepts the operator's connections, reads
 //! request lines ([`super::protocol`]) and answers each against the
-//! daemon's services — the system state, the slot service and the
-//! configured storage servers, which the daemon hands in ([`Operated`]).
+//! daemon's services — the system state, the slot service, the power
+//! operations and the configured storage servers, which the daemon hands
+//! in ([`Operated`]). An event follower's connection is served by
+//! [`follow_events`].
 //!
 //! Only lparhv's own user (and root) may command it: each connection's peer
 //! uid (`SO_PEERCRED`, taken by the kernel at connect time) is checked
@@ -11,9 +13,10 @@
 //! loosened by hand.
 
 use super::protocol::{ControlReply, ControlRequest, ViosAction, MAX_LINE};
+use crate::power::{timeout_from_request, PowerControl, PowerOutcome, PowerReport};
 use crate::slots::{Caller, SlotControl};
 use crate::state::paths::bind_socket;
-use crate::state::{lock, OpError, Shared};
+use crate::state::{lock, OpError, Shared, FOLLOW_QUEUE_LEN};
 use crate::storage::served::{freeze_json, planned_json, ServerView, StorageServers};
 use anyhow::Result;
 use serde_json::Value;
@@ -21,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
@@ -31,16 +36,65 @@ use tracing::{info, warn};
 pub struct Operated {
     pub system: Shared,
     pub slots: Arc<SlotControl>,
+    pub power: Arc<PowerControl>,
     /// The configured storage servers (None: the config has no `[[vios]]`).
     pub storage: Option<Arc<StorageServers>>,
 }
 
-/// Answers one request against the system. `down` only answers; the
-/// caller triggers the shutdown.
+/// The reply to a shutdown: ok when the partition is down.
+fn shutdown_reply(r: PowerReport) -> ControlReply {
+    let code = match r.outcome {
+        PowerOutcome::Graceful | PowerOutcome::Exited | PowerOutcome::Forced => return ControlReply::ok(r),
+        PowerOutcome::NotRunning => hypercall_abi::ReturnCode::NotActive,
+        PowerOutcome::Failed => hypercall_abi::ReturnCode::Hardware,
+    };
+    ControlReply {
+        ok: false,
+        error: Some(format!("{}: {}", r.partition, r.message)),
+        code: Some(code.raw()),
+        result: serde_json::to_value(&r).ok(),
+    }
+}
+
+/// Shutdown and reboot: checks the request, then runs it (blocking).
+fn power(services: &Operated, request: &ControlRequest) -> ControlReply {
+    let (partition, timeout_s) = match request {
+        ControlRequest::Shutdown { partition, timeout_s } | ControlRequest::Reboot { partition, timeout_s } => (Some(partition), timeout_s),
+        ControlRequest::Down { timeout_s } => (None, timeout_s),
+        _ => return ControlReply::err("not a power request".into(), None),
+    };
+    let timeout = match timeout_from_request(*timeout_s) {
+        Ok(t) => t,
+        Err(e) => return ControlReply::err(e, Some(hypercall_abi::ReturnCode::Parameter.raw())),
+    };
+    if let Some(p) = partition.filter(|p| !services.power.knows(p)) {
+        return ControlReply::err(format!("no partition {p:?}"), Some(hypercall_abi::ReturnCode::NotFound.raw()));
+    }
+    match (request, partition) {
+        (ControlRequest::Reboot { .. }, Some(p)) => match services.power.reboot(p, timeout) {
+            Ok(r) if r.start.code == 0 => ControlReply::ok(r),
+            Ok(r) => ControlReply {
+                ok: false,
+                error: Some(format!("{p} was shut down ({}) but did not start: {}", r.shutdown.outcome.word(), r.start.message)),
+                code: Some(r.start.code),
+                result: serde_json::to_value(&r).ok(),
+            },
+            Err(shutdown) => shutdown_reply(*shutdown),
+        },
+        (_, Some(p)) => shutdown_reply(services.power.shutdown(p, timeout)),
+        (_, None) => ControlReply::ok(services.power.shutdown_all(timeout)),
+    }
+}
+
+/// Answers one request against the system. `down` shuts the partitions
+/// down and answers; the caller then stops the daemon.
 pub fn handle(services: &Operated, request: &ControlRequest) -> ControlReply {
     let system = &services.system;
     // Partition commands talk to QEMU for seconds: not under the lock.
     match request {
+        ControlRequest::Shutdown { .. } | ControlRequest::Reboot { .. } | ControlRequest::Down { .. } => {
+            return power(services, request);
+        }
         ControlRequest::Partition(cmd) => {
             let outcome = services.slots.execute(&Caller::Operator, cmd);
             return if outcome.code == 0 || outcome.fenced {
@@ -99,7 +153,6 @@ pub fn handle(services: &Operated, request: &ControlRequest) -> ControlReply {
             status.cpu_control = services.slots.cpu().describe();
             ControlReply::ok(status)
         }
-        ControlRequest::Down => ControlReply::ok("shutting down"),
         ControlRequest::Resources => ControlReply::ok(sys.resources()),
         ControlRequest::Events { limit } => ControlReply::ok(sys.events(limit.unwrap_or(100))),
         ControlRequest::Grant { resource, to, offset, length } => {
@@ -108,9 +161,13 @@ pub fn handle(services: &Operated, request: &ControlRequest) -> ControlReply {
         ControlRequest::Rescind { cookie, partition, force } => {
             op(sys.owner_rescind(cookie, partition, *force).map(|r| serde_json::to_value(r).unwrap_or(Value::Null)))
         }
-        ControlRequest::Partition(_) | ControlRequest::Slots | ControlRequest::Vios { .. } => {
-            ControlReply::err("handled above".into(), None)
-        }
+        ControlRequest::Partition(_)
+        | ControlRequest::Slots
+        | ControlRequest::Vios { .. }
+        | ControlRequest::Shutdown { .. }
+        | ControlRequest::Reboot { .. }
+        | ControlRequest::Down { .. } => ControlReply::err("handled above".into(), None),
+        ControlRequest::FollowEvents { .. } => ControlReply::err("follow_events is served on its own connection".into(), None),
     }
 }
 
@@ -184,6 +241,52 @@ async fn serve_if_allowed(services: Operated, mut stream: UnixStream, shutdown: 
     serve(services, stream, shutdown).await
 }
 
+/// How long a follower may leave a line unread before it is dropped.
+const FOLLOW_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes one JSON line; false when the follower is gone or too slow.
+async fn write_line(wr: &mut OwnedWriteHalf, v: &impl serde::Serialize) -> bool {
+    let mut out = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
+    out.push(b'\n');
+    matches!(tokio::time::timeout(FOLLOW_WRITE_TIMEOUT, wr.write_all(&out)).await, Ok(Ok(())))
+}
+
+/// Serves a `follow_events` connection until the client closes it, lags
+/// more than [`FOLLOW_QUEUE_LEN`] entries behind, or stops reading.
+async fn follow_events<R: tokio::io::AsyncRead + Unpin>(system: &Shared, backlog: usize, mut rd: R, mut wr: OwnedWriteHalf) {
+    let (past, mut rx) = lock(system).follow_events(backlog.min(crate::state::EVENT_LOG_LEN));
+    if !write_line(&mut wr, &ControlReply::ok(serde_json::json!({ "queue": FOLLOW_QUEUE_LEN }))).await {
+        return;
+    }
+    for e in &past {
+        if !write_line(&mut wr, e).await {
+            return;
+        }
+    }
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Ok(e) => {
+                    if !write_line(&mut wr, &e).await {
+                        warn!("event follower stopped reading; dropped");
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!(missed = n, "event follower too slow; dropped");
+                    let notice = format!("dropped: this follower fell {n} events behind (queue {FOLLOW_QUEUE_LEN}); `lparhv events` shows the log");
+                    let _ = write_line(&mut wr, &serde_json::json!({ "notice": notice })).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // Anything the client sends is ignored; EOF or an error ends it.
+            read = rd.read(&mut scratch) => if !matches!(read, Ok(n) if n > 0) { return },
+        }
+    }
+}
+
 async fn serve(services: Operated, stream: UnixStream, shutdown: Arc<Notify>) {
     let (rd, mut wr) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(rd);
@@ -201,9 +304,14 @@ async fn serve(services: Operated, stream: UnixStream, shutdown: Arc<Notify>) {
             (ControlReply::err(format!("request longer than {MAX_LINE} bytes"), None), false)
         } else {
             match serde_json::from_slice::<ControlRequest>(&line) {
+                Ok(ControlRequest::FollowEvents { backlog }) => {
+                    info!(?backlog, "control request: follow events");
+                    follow_events(&services.system, backlog.unwrap_or(0), lines, wr).await;
+                    return;
+                }
                 Ok(req) => {
                     info!(?req, "control request");
-                    let down = req == ControlRequest::Down;
+                    let down = matches!(req, ControlRequest::Down { .. });
                     let services = services.clone();
                     // Blocking work (QMP, waiting for ejects) off the runtime.
                     let reply = tokio::task::spawn_blocking(move || handle(&services, &req))

@@ -278,6 +278,12 @@ impl SlotControl {
         self.deact(partition).map_err(|f| f.1)
     }
 
+    /// `partition`'s QEMU is gone (stopped by the power service): its
+    /// slots are no longer attached anywhere, as after `deact`.
+    pub(crate) fn partition_stopped_pub(&self, partition: &str) {
+        lock(&self.table).partition_stopped(partition);
+    }
+
     /// The console log of `partition`'s current (latest) QEMU.
     pub fn console(&self, partition: &str) -> Option<ConsoleLog> {
         lock(&self.consoles).get(partition).cloned()
@@ -496,7 +502,7 @@ impl SlotControl {
         };
         let id =
             self.with_system(|s| s.partition_id(partition)).flatten().ok_or_else(|| fail(ReturnCode::NotFound, "no such partition"))?;
-        l.restart.restart(id);
+        l.restart.start(id);
         drop(launcher);
         let deadline = Instant::now() + ACT_WAIT;
         loop {

@@ -46,6 +46,9 @@ pub type ForcedRescindListener = Box<dyn Fn(String, u64) + Send>;
 
 /// How many events the log keeps.
 pub const EVENT_LOG_LEN: usize = 1000;
+/// How many log entries a follower (`lparhv events --follow`) may fall
+/// behind before it is dropped.
+pub const FOLLOW_QUEUE_LEN: usize = 256;
 
 /// Milliseconds since the Unix epoch: the clock of owner-failure deadlines.
 /// Wall time (not monotonic) because deadlines are persisted and must mean
@@ -302,6 +305,8 @@ pub struct System {
     /// Partitions whose vCPUs the NPIV freeze has stopped.
     frozen: BTreeSet<PartitionId>,
     events: VecDeque<LogEntry>,
+    /// Every new log entry, for the followers ([`System::follow_events`]).
+    followers: tokio::sync::broadcast::Sender<LogEntry>,
     next_seq: u64,
     host_session: u64,
     recovery_tx: Option<RecoveryTx>,
@@ -437,6 +442,7 @@ impl System {
             runtime,
             frozen: BTreeSet::new(),
             events: VecDeque::new(),
+            followers: tokio::sync::broadcast::channel(FOLLOW_QUEUE_LEN).0,
             next_seq: 1,
             host_session,
             recovery_tx: None,
@@ -538,7 +544,16 @@ impl System {
         if self.events.len() == EVENT_LOG_LEN {
             self.events.pop_front();
         }
+        // Never blocks: a follower that falls FOLLOW_QUEUE_LEN entries
+        // behind is told it lagged (and the control server drops it).
+        let _ = self.followers.send(entry.clone());
         self.events.push_back(entry);
+    }
+
+    /// The last `backlog` events and a receiver of every later one, with
+    /// nothing lost or repeated between them (taken under the one lock).
+    pub fn follow_events(&self, backlog: usize) -> (Vec<LogEntry>, tokio::sync::broadcast::Receiver<LogEntry>) {
+        (self.events(backlog), self.followers.subscribe())
     }
 
     /// The last `limit` events, oldest first.

@@ -3,7 +3,9 @@
 //! previous lparhv left running, notices their exits (a partition failure
 //! for the owner table, [`crate::state::System::partition_exited`]) and
 //! starts a partition again on request ([`RestartHandle`]: owner-failure
-//! recovery, `act`).
+//! recovery, `act`, `reboot`). A partition the operator stopped on purpose
+//! (`shutdown`, `down`) is held down: owner-failure recovery does not start
+//! it again; only an explicit start (`act`, `reboot`) does.
 //!
 //! Services that add to a partition's start (the slot service: its
 //! devices, CPU share and console log) do so through [`StartHooks`], which
@@ -18,9 +20,10 @@ use crate::owner::PartitionId;
 use crate::state::{lock, Runtime, Shared};
 use anyhow::{bail, Result};
 use spec::guest_spec;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tracing::{error, info, warn};
 
@@ -45,16 +48,49 @@ type Hooks = Option<Arc<dyn StartHooks>>;
 pub struct Supervisor {
     stop: Arc<AtomicBool>,
     restart_tx: mpsc::Sender<PartitionId>,
+    held: Arc<Mutex<BTreeSet<PartitionId>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Asks the supervisor to start a partition again.
 #[derive(Clone)]
-pub struct RestartHandle(mpsc::Sender<PartitionId>);
+pub struct RestartHandle {
+    tx: mpsc::Sender<PartitionId>,
+    /// Partitions stopped on purpose, which recovery leaves down.
+    held: Arc<Mutex<BTreeSet<PartitionId>>>,
+}
 
 impl RestartHandle {
-    pub fn restart(&self, id: PartitionId) {
-        let _ = self.0.send(id);
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeSet<PartitionId>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the partition on the operator's (or a permitted
+    /// partition's) request: `act`, `reboot`. Ends a hold.
+    pub fn start(&self, id: PartitionId) {
+        self.held().remove(&id);
+        let _ = self.tx.send(id);
+    }
+
+    /// Starts the partition again after its owner-failure recovery, unless
+    /// it was stopped on purpose. Returns whether a start was asked for.
+    pub fn restart_after_recovery(&self, id: PartitionId) -> bool {
+        if self.held().contains(&id) {
+            return false;
+        }
+        let _ = self.tx.send(id);
+        true
+    }
+
+    /// The partition is being stopped on purpose: recovery must not start
+    /// it again (until [`RestartHandle::start`]).
+    pub fn hold(&self, id: PartitionId) {
+        self.held().insert(id);
+    }
+
+    /// Whether the partition is held down.
+    pub fn is_held(&self, id: PartitionId) -> bool {
+        self.held().contains(&id)
     }
 }
 
@@ -171,11 +207,11 @@ impl Supervisor {
                 info!(partition = %guest.name, "partition killed");
             }
         })?;
-        Ok(Supervisor { stop, restart_tx, thread: Some(thread) })
+        Ok(Supervisor { stop, restart_tx, held: Arc::new(Mutex::new(BTreeSet::new())), thread: Some(thread) })
     }
 
     pub fn restart_handle(&self) -> RestartHandle {
-        RestartHandle(self.restart_tx.clone())
+        RestartHandle { tx: self.restart_tx.clone(), held: self.held.clone() }
     }
 
     /// Kills every partition, forgets their records and returns when done.
@@ -184,5 +220,31 @@ impl Supervisor {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> (RestartHandle, mpsc::Receiver<PartitionId>) {
+        let (tx, rx) = mpsc::channel();
+        (RestartHandle { tx, held: Arc::new(Mutex::new(BTreeSet::new())) }, rx)
+    }
+
+    #[test]
+    fn a_partition_stopped_on_purpose_is_not_restarted_by_recovery() {
+        let (h, rx) = handle();
+        let p = PartitionId(3);
+        assert!(h.restart_after_recovery(p), "a failed partition is started again");
+        assert_eq!(rx.try_recv(), Ok(p));
+        h.hold(p);
+        assert!(h.is_held(p));
+        assert!(!h.restart_after_recovery(p), "held down");
+        assert!(rx.try_recv().is_err(), "no start was asked for");
+        h.start(p);
+        assert_eq!(rx.try_recv(), Ok(p), "act / reboot start it");
+        assert!(!h.is_held(p), "and end the hold");
+        assert!(h.restart_after_recovery(p));
     }
 }
