@@ -194,14 +194,14 @@ fn destroy_record(path: &Path, seq: u64) -> Result<()> {
 }
 
 fn config_text(dir: &std::path::Path, kernel: &std::path::Path) -> String {
-    let part = |n: u32, peer: u32| {
+    let part = |n: u32| {
         format!(
             r#"
 [[partition]]
 name = "lpar{n}"
 memory_mib = 64
 image = "{k}"
-cmdline = "quiet hcall=on hcall_name=lpar{n} ip=10.0.0.{n}/24 cluster=auto cluster_peer_ip=10.0.0.{peer} cluster_peer=lpar{peer} cluster_slot=0"
+cmdline = "quiet hcall=on hcall_name=lpar{n} ip=10.0.0.{n}/24"
 nics = [ {{ lan = "lan0", mac = "52:54:00:00:0f:0{n}" }} ]
 "#,
             k = kernel.display()
@@ -217,6 +217,13 @@ id = 0
 disk = "{disk}"
 owner = "lpar1"
 
+# The pair: lparhv gives each member its role (the slot's owner is the
+# active), its peer and the slot's port on the guest command line.
+[[cluster]]
+name = "demo"
+members = ["lpar1", "lpar2"]
+slot = 0
+
 [authorizations]
 commands = [
   {{ partition = "lpar1", allow = ["deact", "act", "add_pci", "rem_pci", "set_cpu_share"], targets = ["lpar1", "lpar2"] }},
@@ -224,8 +231,8 @@ commands = [
 ]
 "#,
         st = dir.join("state").display(),
-        p1 = part(1, 2),
-        p2 = part(2, 1),
+        p1 = part(1),
+        p2 = part(2),
         disk = dir.join("shared.img").display(),
     )
 }

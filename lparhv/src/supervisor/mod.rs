@@ -3,7 +3,9 @@
 //! previous lparhv left running, notices their exits (a partition failure
 //! for the owner table, [`crate::state::System::partition_exited`]) and
 //! starts a partition again on request ([`RestartHandle`]: owner-failure
-//! recovery, `act`).
+//! recovery, `act`). Each QEMU is watched through its pidfd, so an exit is
+//! handled the moment it happens, and the other member of its cluster is
+//! told at once (PEER_FAILED, docs/cluster.md).
 //!
 //! Services that add to a partition's start (the slot service: its
 //! devices, CPU share and console log) do so through [`StartHooks`], which
@@ -17,6 +19,7 @@ use crate::machine::qemu::{Accel, GuestSpec};
 use crate::owner::PartitionId;
 use crate::state::{lock, Runtime, Shared};
 use anyhow::{bail, Result};
+use hypercall_abi::{Event, PeerFailure};
 use spec::guest_spec;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,18 +47,43 @@ type Hooks = Option<Arc<dyn StartHooks>>;
 /// finished ([`Supervisor::restart_handle`]); others stay down.
 pub struct Supervisor {
     stop: Arc<AtomicBool>,
-    restart_tx: mpsc::Sender<PartitionId>,
+    restart_tx: mpsc::Sender<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What wakes the supervisor's thread.
+enum Wake {
+    /// Start this partition again.
+    Restart(PartitionId),
+    /// A watched QEMU ended.
+    Exited,
 }
 
 /// Asks the supervisor to start a partition again.
 #[derive(Clone)]
-pub struct RestartHandle(mpsc::Sender<PartitionId>);
+pub struct RestartHandle(mpsc::Sender<Wake>);
 
 impl RestartHandle {
     pub fn restart(&self, id: PartitionId) {
-        let _ = self.0.send(id);
+        let _ = self.0.send(Wake::Restart(id));
     }
+}
+
+/// Wakes the supervisor the moment QEMU `pid` ends (its pidfd becomes
+/// readable), from a thread of its own; gives up when `stop` is set.
+fn watch_exit(name: &str, pid: u32, wake: mpsc::Sender<Wake>, stop: Arc<AtomicBool>) {
+    let Ok(process) = crate::machine::process::Process::open(pid) else {
+        let _ = wake.send(Wake::Exited);
+        return;
+    };
+    let _ = std::thread::Builder::new().name(format!("{name}-exit")).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if process.wait_exit(Duration::from_millis(200)) {
+                let _ = wake.send(Wake::Exited);
+                return;
+            }
+        }
+    });
 }
 
 fn spawn_one(
@@ -66,6 +94,7 @@ fn spawn_one(
     stop: &Arc<AtomicBool>,
     echo: bool,
     hooks: &Hooks,
+    wake: &mpsc::Sender<Wake>,
 ) -> Option<(PartitionId, Detached)> {
     let id = lock(system).partition_id(name)?;
     let mut spec = guest_spec(config, name, accel)?;
@@ -78,6 +107,7 @@ fn spawn_one(
         Ok(d) => {
             info!(partition = %name, pid = d.pid(), accel = %accel, "partition started (detached)");
             lock(system).set_runtime(id, Runtime::Running { pid: d.pid() });
+            watch_exit(name, d.pid(), wake.clone(), stop.clone());
             if echo {
                 echo_console(name.to_string(), d.record.console.clone(), stop.clone());
             }
@@ -102,6 +132,7 @@ impl Supervisor {
         std::fs::create_dir_all(config.state_dir.join("qmp"))?;
         std::fs::create_dir_all(config.state_dir.join("lan"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (restart_tx, restart_rx) = mpsc::channel::<Wake>();
         let mut guests: Vec<(PartitionId, Detached)> = Vec::new();
         for name in names {
             let Some(id) = lock(&system).partition_id(name) else { bail!("no partition {name:?} in the config") };
@@ -110,6 +141,7 @@ impl Supervisor {
                     Ok(d) => {
                         info!(partition = %name, pid = d.pid(), "partition reattached");
                         lock(&system).set_runtime(id, Runtime::Running { pid: d.pid() });
+                        watch_exit(name, d.pid(), restart_tx.clone(), stop.clone());
                         if echo {
                             echo_console(name.clone(), d.record.console.clone(), stop.clone());
                         }
@@ -128,11 +160,11 @@ impl Supervisor {
                     }
                 }
             }
-            if let Some(g) = spawn_one(&system, &config, name, accel, &stop, echo, &hooks) {
+            if let Some(g) = spawn_one(&system, &config, name, accel, &stop, echo, &hooks, &restart_tx) {
                 guests.push(g);
             }
         }
-        let (restart_tx, restart_rx) = mpsc::channel::<PartitionId>();
+        let wake = restart_tx.clone();
         let flag = stop.clone();
         let tail_stop = stop.clone();
         let thread = std::thread::Builder::new().name("lparhv-supervisor".into()).spawn(move || {
@@ -149,16 +181,20 @@ impl Supervisor {
                     if let Err(e) = sys.partition_exited(*id) {
                         warn!(partition = %guest.name, "failure handling: {e}");
                     }
+                    // Seed 000 Figure 5: the partners of a failed partition
+                    // hear it from the hypervisor.
+                    sys.tell_cluster_peer(*id, |peer| Event::PeerFailed { peer, reason: PeerFailure::Exited });
                     false
                 });
                 match restart_rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(id) => {
+                    Ok(Wake::Exited) => {}
+                    Ok(Wake::Restart(id)) => {
                         if guests.iter().any(|(g, _)| *g == id) {
                             continue;
                         }
                         let name = lock(&system).partition_name(id);
                         info!(partition = %name, "starting the partition (owner-failure recovery or act)");
-                        if let Some(g) = spawn_one(&system, &config, &name, accel, &tail_stop, echo, &hooks) {
+                        if let Some(g) = spawn_one(&system, &config, &name, accel, &tail_stop, echo, &hooks, &wake) {
                             guests.push(g);
                         }
                     }
