@@ -139,5 +139,5 @@ fn cluster(
 
 /// The address of `ip=A.B.C.D/N` on a command line (the last one wins).
 pub fn lan_ip(cmdline: &str) -> Option<Ipv4Addr> {
-    cmdline.split_whitespace().filter_map(|w| w.strip_prefix("ip=")).last()?.split('/').next()?.parse().ok()
+    cmdline.split_whitespace().filter_map(|w| w.strip_prefix("ip=")).next_back()?.split('/').next()?.parse().ok()
 }

@@ -91,10 +91,9 @@ fn spawn_one(
     config: &SystemConfig,
     name: &str,
     accel: Accel,
-    stop: &Arc<AtomicBool>,
+    (stop, wake): (&Arc<AtomicBool>, &mpsc::Sender<Wake>),
     echo: bool,
     hooks: &Hooks,
-    wake: &mpsc::Sender<Wake>,
 ) -> Option<(PartitionId, Detached)> {
     let id = lock(system).partition_id(name)?;
     let mut spec = guest_spec(config, name, accel)?;
@@ -160,7 +159,7 @@ impl Supervisor {
                     }
                 }
             }
-            if let Some(g) = spawn_one(&system, &config, name, accel, &stop, echo, &hooks, &restart_tx) {
+            if let Some(g) = spawn_one(&system, &config, name, accel, (&stop, &restart_tx), echo, &hooks) {
                 guests.push(g);
             }
         }
@@ -194,7 +193,7 @@ impl Supervisor {
                         }
                         let name = lock(&system).partition_name(id);
                         info!(partition = %name, "starting the partition (owner-failure recovery or act)");
-                        if let Some(g) = spawn_one(&system, &config, &name, accel, &tail_stop, echo, &hooks, &wake) {
+                        if let Some(g) = spawn_one(&system, &config, &name, accel, (&tail_stop, &wake), echo, &hooks) {
                             guests.push(g);
                         }
                     }
