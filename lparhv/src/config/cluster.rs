@@ -141,3 +141,72 @@ fn cluster(
 pub fn lan_ip(cmdline: &str) -> Option<Ipv4Addr> {
     cmdline.split_whitespace().filter_map(|w| w.strip_prefix("ip=")).next_back()?.split('/').next()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{assert_rejected, parse};
+    use super::super::FailoverCase;
+
+    const CLUSTER: &str = r#"
+[system]
+name = "c"
+state_dir = "/st"
+
+[[partition]]
+name = "lpar1"
+memory_mib = 64
+image = "/k"
+cmdline = "hcall=on ip=10.0.0.1/24"
+
+[[partition]]
+name = "lpar2"
+memory_mib = 64
+image = "/k"
+cmdline = "hcall=on ip=10.0.0.2/24"
+
+[[slot]]
+id = 3
+disk = "/shared.img"
+owner = "lpar1"
+
+[[cluster]]
+name = "pair"
+members = ["lpar1", "lpar2"]
+slot = 3
+heartbeat_ms = 100
+misses = 5
+service_ip = "10.0.0.100"
+service_port = 6379
+"#;
+
+    #[test]
+    fn a_cluster_is_read_with_its_defaults() {
+        let c = parse(CLUSTER).unwrap_or_else(|e| panic!("{e}"));
+        let pair = c.cluster_of("lpar2").expect("lpar2 is a member");
+        assert_eq!(pair.peer_of("lpar2"), Some("lpar1"));
+        assert_eq!(pair.peer_of("lpar1"), Some("lpar2"));
+        assert_eq!((pair.slot, pair.heartbeat_ms, pair.misses, pair.failover), (3, 100, 5, FailoverCase::A));
+        assert_eq!(pair.service_ip, Some([10, 0, 0, 100].into()));
+        let plain = parse(&CLUSTER.replace("heartbeat_ms = 100\nmisses = 5\n", "failover = \"b\"\n")).unwrap();
+        assert_eq!((plain.clusters[0].heartbeat_ms, plain.clusters[0].misses, plain.clusters[0].failover), (200, 7, FailoverCase::B));
+    }
+
+    #[test]
+    fn bad_clusters_are_refused_with_a_line_and_a_fix() {
+        assert_rejected(
+            CLUSTER,
+            &[
+                (r#"members = ["lpar1", "lpar2"]"#, r#"members = ["lpar1"]"#, "two members"),
+                (r#"members = ["lpar1", "lpar2"]"#, r#"members = ["lpar1", "lpar9"]"#, "is not a partition"),
+                (r#"members = ["lpar1", "lpar2"]"#, r#"members = ["lpar1", "lpar1"]"#, "already a cluster member"),
+                ("cmdline = \"hcall=on ip=10.0.0.2/24\"", "cmdline = \"hcall=on\"", "no ip="),
+                ("slot = 3\nheartbeat", "slot = 4\nheartbeat", "slot 4 is not defined"),
+                ("heartbeat_ms = 100", "heartbeat_ms = 5", "heartbeat_ms = 5 is out of range"),
+                ("misses = 5", "misses = 1", "misses = 1 is out of range"),
+                ("misses = 5", "misses = 5\nfailover = \"c\"", "unknown failover case"),
+                ("service_ip = \"10.0.0.100\"", "service_ip = \"10.0.0\"", "not an IPv4 address"),
+                ("service_port = 6379", "service_port = 0", "not a port"),
+            ],
+        );
+    }
+}
