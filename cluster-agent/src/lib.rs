@@ -13,7 +13,11 @@
 //! running (a hypervisor freeze of this guest, detected from a tick that came
 //! far too late or announced by the hypervisor) and time in which the
 //! hypervisor said the peer was frozen do not count. A freeze announced by
-//! the hypervisor never causes a failover.
+//! the hypervisor never causes a failover: only the hypervisor's thaw ends
+//! it (a heartbeat still in flight from before the freeze does not), and
+//! the peer then gets a full time-out. When the hypervisor reports the peer
+//! failed (its QEMU exited, or it panicked), the standby takes over at once
+//! without waiting for the time-out; heartbeats remain for hangs.
 //!
 //! Failover, case (a) of the seed: the standby fences the active (`deact`),
 //! takes the slot from it (`rem_pci`), connects the slot to itself
@@ -89,8 +93,9 @@ pub enum Notice {
     /// This agent's own ticks stopped for `gap_ms`: silence in that window
     /// does not count against the peer.
     OwnPauseDetected { gap_ms: u64 },
-    /// The peer has been silent this long and is declared failed.
-    PeerFailed { silent_ms: u64 },
+    /// The peer is declared failed: silent this long, or `reported` by the
+    /// hypervisor (then `silent_ms` is how long it had been silent).
+    PeerFailed { silent_ms: u64, reported: bool },
     /// Failover finished: this partition is active now.
     TookOver,
     /// A heartbeat from a peer that also claims to be active.
@@ -150,9 +155,10 @@ impl Agent {
     }
 
     /// A heartbeat from the peer arrived.
+    /// It does not end a freeze the hypervisor announced: a heartbeat sent
+    /// just before the freeze may arrive after the announcement.
     pub fn heartbeat_received(&mut self, now_ms: u64, peer_role: Role) {
-        self.peer_seen_ms = now_ms;
-        self.peer_frozen = false;
+        self.peer_seen_ms = self.peer_seen_ms.max(now_ms);
         if peer_role == Role::Active && self.role == Role::Active {
             self.notices.push(Notice::DualActive);
         }
@@ -164,6 +170,23 @@ impl Agent {
     pub fn peer_frozen(&mut self, now_ms: u64, frozen: bool) {
         self.peer_frozen = frozen;
         self.peer_seen_ms = self.peer_seen_ms.max(now_ms);
+    }
+
+    /// The hypervisor saw the peer fail (its QEMU exited, or it panicked):
+    /// a standby starts the failover now. Returns the first step.
+    pub fn peer_failed(&mut self, now_ms: u64) -> Vec<Action> {
+        self.peer_frozen = false;
+        if self.role != Role::Standby || self.state != State::Normal {
+            return Vec::new();
+        }
+        self.declare_failed(now_ms, true)
+    }
+
+    fn declare_failed(&mut self, now_ms: u64, reported: bool) -> Vec<Action> {
+        let silent_ms = now_ms.saturating_sub(self.peer_seen_ms);
+        self.notices.push(Notice::PeerFailed { silent_ms, reported });
+        self.state = State::FailingOver(Action::DeactPeer);
+        alloc::vec![Action::DeactPeer]
     }
 
     /// The hypervisor says this partition was frozen for `frozen_ms`, ending
@@ -199,9 +222,7 @@ impl Agent {
         }
         let silent = now_ms.saturating_sub(self.peer_seen_ms);
         if self.role == Role::Standby && self.state == State::Normal && silent > self.config.timeout_ms {
-            self.notices.push(Notice::PeerFailed { silent_ms: silent });
-            self.state = State::FailingOver(Action::DeactPeer);
-            actions.push(Action::DeactPeer);
+            actions.extend(self.declare_failed(now_ms, false));
         }
         actions
     }
@@ -303,7 +324,7 @@ mod tests {
         assert!(!actions.contains(&Action::DeactPeer), "1500 ms of silence is not yet past the timeout");
         let actions = s.tick(1600);
         assert!(actions.contains(&Action::DeactPeer));
-        assert_eq!(s.take_notices(), vec![Notice::PeerFailed { silent_ms: 1600 }]);
+        assert_eq!(s.take_notices(), vec![Notice::PeerFailed { silent_ms: 1600, reported: false }]);
 
         let mut step = Action::DeactPeer;
         let mut order = vec![step];
@@ -383,6 +404,31 @@ mod tests {
         // After the thaw the peer gets a full timeout to speak again.
         assert!(!run(&mut s, 20_100, 21_500, 100).contains(&Action::DeactPeer));
         assert!(run(&mut s, 21_600, 22_000, 100).contains(&Action::DeactPeer));
+    }
+
+    #[test]
+    fn a_heartbeat_in_flight_does_not_end_an_announced_freeze() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        s.peer_frozen(500, true);
+        // Sent just before the stop, read just after the announcement.
+        s.heartbeat_received(510, Role::Active);
+        assert!(!run(&mut s, 600, 10_000, 100).contains(&Action::DeactPeer), "frozen for 9.5 s, no failover");
+    }
+
+    #[test]
+    fn a_failure_the_hypervisor_reports_starts_failover_at_once() {
+        let mut s = Agent::new(cfg(), Role::Standby, 0);
+        s.heartbeat_received(100, Role::Active);
+        assert!(run(&mut s, 0, 300, 100).iter().all(|a| matches!(a, Action::SendHeartbeat { .. })));
+        assert_eq!(s.peer_failed(300), vec![Action::DeactPeer], "no wait for the heartbeat time-out");
+        assert_eq!(s.take_notices(), vec![Notice::PeerFailed { silent_ms: 200, reported: true }]);
+        assert_eq!(s.state(), State::FailingOver(Action::DeactPeer));
+        // A second report during the failover changes nothing.
+        assert_eq!(s.peer_failed(320), vec![]);
+        // The active ignores reports about its standby.
+        let mut a = Agent::new(cfg(), Role::Active, 0);
+        assert_eq!(a.peer_failed(50), vec![]);
+        assert_eq!(a.state(), State::Normal);
     }
 
     #[test]

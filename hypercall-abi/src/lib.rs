@@ -38,7 +38,8 @@ pub use frame::{
     SYNC_PREAMBLE_LEN,
 };
 pub use message::{
-    Event, EventCode, GrantList, Hello, HelloReply, Message, MessageError, Opcode, Reason, Request, Response, MAX_DATA, MAX_QUERY_ENTRIES,
+    Event, EventCode, GrantList, Hello, HelloReply, Message, MessageError, Opcode, PeerFailure, Reason, Request, Response, MAX_DATA,
+    MAX_QUERY_ENTRIES,
 };
 pub use types::{Cookie, EventMask, GrantInfo, GrantState, Name, NameError, SlotState, MAX_NAME_LEN};
 pub use version::{answer_hello, guest_hello, negotiate, ABI_VERSION, HELLO_FRAME_VERSION, MIN_ABI_VERSION};

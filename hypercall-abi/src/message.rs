@@ -107,10 +107,13 @@ pub enum EventCode {
     Frozen = 0x8020,
     Thawed = 0x8021,
     Slot = 0x8030,
+    PeerFrozen = 0x8040,
+    PeerThawed = 0x8041,
+    PeerFailed = 0x8042,
 }
 
 impl EventCode {
-    pub const ALL: [EventCode; 11] = [
+    pub const ALL: [EventCode; 14] = [
         EventCode::Granted,
         EventCode::Rescinded,
         EventCode::ReturnRequested,
@@ -122,7 +125,19 @@ impl EventCode {
         EventCode::Frozen,
         EventCode::Thawed,
         EventCode::Slot,
+        EventCode::PeerFrozen,
+        EventCode::PeerThawed,
+        EventCode::PeerFailed,
     ];
+
+    /// The first ABI version that has this event. A receiver at an older
+    /// version treats the code as unknown; a sender never encodes it there.
+    pub fn since_version(self) -> u8 {
+        match self {
+            EventCode::PeerFrozen | EventCode::PeerThawed | EventCode::PeerFailed => 2,
+            _ => 1,
+        }
+    }
 
     pub fn from_u16(v: u16) -> Option<EventCode> {
         EventCode::ALL.iter().copied().find(|o| *o as u16 == v)
@@ -141,6 +156,9 @@ impl EventCode {
             EventCode::Frozen => "FROZEN",
             EventCode::Thawed => "THAWED",
             EventCode::Slot => "SLOT",
+            EventCode::PeerFrozen => "PEER_FROZEN",
+            EventCode::PeerThawed => "PEER_THAWED",
+            EventCode::PeerFailed => "PEER_FAILED",
         }
     }
 }
@@ -461,6 +479,53 @@ pub enum Event {
         slot: u32,
         state: SlotState,
     },
+    /// Version 2. `peer`, a member of this partition's cluster, is being
+    /// frozen by the hypervisor (seed 003): its silence is not a failure.
+    PeerFrozen {
+        peer: Name,
+        host_time_ns: u64,
+    },
+    /// Version 2. `peer` was thawed after `duration_ms`.
+    PeerThawed {
+        peer: Name,
+        duration_ms: u64,
+    },
+    /// Version 2. The hypervisor saw `peer` fail (seed 000 Figure 5).
+    PeerFailed {
+        peer: Name,
+        reason: PeerFailure,
+    },
+}
+
+/// How the hypervisor saw a cluster peer fail (PEER_FAILED `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum PeerFailure {
+    /// Its QEMU process ended.
+    Exited = 1,
+    /// Its console reported a panic.
+    Panic = 2,
+    /// Its console reported a fatal CPU exception.
+    Exception = 3,
+}
+
+impl PeerFailure {
+    pub fn from_u32(v: u32) -> Option<PeerFailure> {
+        match v {
+            1 => Some(PeerFailure::Exited),
+            2 => Some(PeerFailure::Panic),
+            3 => Some(PeerFailure::Exception),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerFailure::Exited => "exited",
+            PeerFailure::Panic => "panic",
+            PeerFailure::Exception => "exception",
+        }
+    }
 }
 
 impl Event {
@@ -477,6 +542,9 @@ impl Event {
             Event::Frozen { .. } => EventCode::Frozen,
             Event::Thawed { .. } => EventCode::Thawed,
             Event::Slot { .. } => EventCode::Slot,
+            Event::PeerFrozen { .. } => EventCode::PeerFrozen,
+            Event::PeerThawed { .. } => EventCode::PeerThawed,
+            Event::PeerFailed { .. } => EventCode::PeerFailed,
         }
     }
 }
@@ -955,6 +1023,9 @@ fn read_pause_id(r: &mut Reader<'_>) -> Result<(Name, u64), FieldError> {
 impl Event {
     /// Encodes this event as a whole frame (request id 0) at ABI `version`.
     pub fn encode(&self, version: u8, out: &mut [u8]) -> Result<usize, EncodeError> {
+        if version < self.code().since_version() {
+            return Err(EncodeError::Invalid("event newer than the session's version"));
+        }
         encode_with(out, version, Kind::Event, self.code() as u16, 0, |w| self.write_payload(w))
     }
 
@@ -1019,6 +1090,18 @@ impl Event {
                 w.u32(*slot)?;
                 w.u8(*state as u8)?;
                 w.zeros(3)
+            }
+            Event::PeerFrozen { peer, host_time_ns } => {
+                peer.write(w)?;
+                w.u64(*host_time_ns)
+            }
+            Event::PeerThawed { peer, duration_ms } => {
+                peer.write(w)?;
+                w.u64(*duration_ms)
+            }
+            Event::PeerFailed { peer, reason } => {
+                peer.write(w)?;
+                w.u32(*reason as u32)
             }
         }
     }
@@ -1094,6 +1177,13 @@ impl Event {
                 r.reserved(3, "slot reserved")?;
                 Event::Slot { slot, state }
             }
+            EventCode::PeerFrozen => Event::PeerFrozen { peer: Name::read(r, "peer name")?, host_time_ns: r.u64()? },
+            EventCode::PeerThawed => Event::PeerThawed { peer: Name::read(r, "peer name")?, duration_ms: r.u64()? },
+            EventCode::PeerFailed => {
+                let peer = Name::read(r, "peer name")?;
+                let reason = PeerFailure::from_u32(r.u32()?).ok_or(FieldError::Invalid("peer failure reason"))?;
+                Event::PeerFailed { peer, reason }
+            }
         })
     }
 }
@@ -1140,7 +1230,9 @@ impl<'a> Message<'a> {
                 if h.request_id != 0 {
                     return Err(err(Reason::BadRequestId));
                 }
-                let code = EventCode::from_u16(h.opcode).ok_or(err(Reason::UnknownOpcode))?;
+                // A code newer than the frame's version is unknown at that
+                // version: an old session never sees it.
+                let code = EventCode::from_u16(h.opcode).filter(|c| c.since_version() <= h.version).ok_or(err(Reason::UnknownOpcode))?;
                 Message::Event(Event::read_payload(code, &mut r).map_err(|e| err(Reason::BadPayload(e)))?)
             }
         };

@@ -125,6 +125,10 @@ fn event() -> impl Strategy<Value = Event> {
         }),
         (any::<u32>(), prop::sample::select(vec![SlotState::Added, SlotState::EjectRequested, SlotState::Removed]))
             .prop_map(|(slot, state)| Event::Slot { slot, state }),
+        (name(), any::<u64>()).prop_map(|(peer, host_time_ns)| Event::PeerFrozen { peer, host_time_ns }),
+        (name(), any::<u64>()).prop_map(|(peer, duration_ms)| Event::PeerThawed { peer, duration_ms }),
+        (name(), prop::sample::select(vec![PeerFailure::Exited, PeerFailure::Panic, PeerFailure::Exception]))
+            .prop_map(|(peer, reason)| Event::PeerFailed { peer, reason }),
     ]
 }
 

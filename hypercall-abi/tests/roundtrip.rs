@@ -47,7 +47,10 @@ fn samples_cover_every_opcode_and_event() {
 #[test]
 fn golden_accept_logical_frame() {
     let m = Message::Request { id: 0x0102_0304, request: Request::AcceptLogical { cookie: Cookie([0x11; 16]), laddr: Some(0x4000_0000) } };
-    let b = encode(&m);
+    // The frame of a version-1 session (the layout is the same at 2).
+    let mut b = vec![0u8; MAX_FRAME];
+    let n = m.encode(1, &mut b).unwrap();
+    b.truncate(n);
     let mut expect = Vec::new();
     expect.extend(b"LPHC");
     expect.extend([1, 1]); // version 1, kind request
@@ -80,10 +83,10 @@ fn hello_frames_always_carry_version_1() {
     assert_eq!(decode_one(&buf[..n]), m);
     // Any other frame at a version this side does not speak is refused.
     let e = Message::Request { id: 1, request: Request::Echo(b"x") };
-    let n = e.encode(2, &mut buf).unwrap();
+    let n = e.encode(ABI_VERSION + 1, &mut buf).unwrap();
     let (f, _) = parse_frame(&buf[..n]).unwrap();
     let err = Message::decode(&f).unwrap_err();
-    assert_eq!(err.reason, Reason::UnsupportedVersion(2));
+    assert_eq!(err.reason, Reason::UnsupportedVersion(ABI_VERSION + 1));
     assert_eq!(err.error_reply(), Some((1, Response::failed(0x0002, ReturnCode::Unsupported))));
 }
 
@@ -263,4 +266,37 @@ fn to_vec_matches_encode() {
     for m in samples() {
         assert_eq!(m.to_vec(ABI_VERSION).unwrap(), encode(&m));
     }
+}
+
+/// The cluster events of version 2 do not exist at version 1: a v1 session
+/// never gets one (encoding refuses), and a v1 frame carrying the code is
+/// an unknown event, which receivers drop.
+#[test]
+fn peer_events_are_version_2_only() {
+    let events = [
+        Event::PeerFrozen { peer: name("lpar1"), host_time_ns: 7 },
+        Event::PeerThawed { peer: name("lpar1"), duration_ms: 4000 },
+        Event::PeerFailed { peer: name("lpar1"), reason: PeerFailure::Exception },
+    ];
+    let mut buf = vec![0u8; MAX_FRAME];
+    for e in events {
+        assert!(e.encode(1, &mut buf).is_err(), "{e:?} encoded at version 1");
+        let n = e.encode(2, &mut buf).unwrap();
+        assert_eq!(decode_one(&buf[..n]), Message::Event(e));
+        // The same payload in a version-1 frame.
+        let (f, _) = parse_frame(&buf[..n]).unwrap();
+        let mut v1 = vec![0u8; MAX_FRAME];
+        let m = encode_frame(&mut v1, 1, f.header.kind, f.header.opcode, 0, f.payload).unwrap();
+        let (f1, _) = parse_frame(&v1[..m]).unwrap();
+        assert_eq!(Message::decode(&f1).unwrap_err().reason, Reason::UnknownOpcode);
+    }
+    // An unknown failure reason is rejected.
+    let n = Event::PeerFailed { peer: name("p"), reason: PeerFailure::Exited }.encode(2, &mut buf).unwrap();
+    let (f, _) = parse_frame(&buf[..n]).unwrap();
+    let mut payload = f.payload.to_vec();
+    let last = payload.len() - 4;
+    payload[last..].copy_from_slice(&9u32.to_le_bytes());
+    let bad = reseal(&buf[..n], &payload);
+    let (fb, _) = parse_frame(&bad).unwrap();
+    assert!(matches!(Message::decode(&fb).unwrap_err().reason, Reason::BadPayload(_)));
 }

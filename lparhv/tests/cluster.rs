@@ -17,7 +17,7 @@ fn qemu_standby_detects_a_dead_active_and_only_then() {
     let switch = VSwitch::start(&dir.path().join("switch.sock"), ports.to_vec()).unwrap();
     let guest = |name: &str, n: usize, role: &str, peer: usize| {
         let mut s = spec(name);
-        s.cmdline = format!("quiet ip=10.0.0.{n}/24 cluster={role} cluster_peer_ip=10.0.0.{peer} cluster_peer=lpar{peer} cluster_slot=1");
+        s.cmdline = format!("quiet ip=10.0.0.{n}/24 cluster={role} cluster_peer_ip=10.0.0.{peer} cluster_peer=lpar{peer} cluster_slot=1 cluster_slot_pci=10.0");
         s.nics.push(Nic { mac: format!("52:54:00:00:01:{n:02x}"), local: ports[n - 1].clone(), remote: switch.path().into() });
         Guest::spawn(&s, false).unwrap()
     };

@@ -93,6 +93,9 @@ pub fn samples() -> Vec<Message<'static>> {
         Message::Event(Event::Slot { slot: 1, state: SlotState::Added }),
         Message::Event(Event::Slot { slot: 1, state: SlotState::EjectRequested }),
         Message::Event(Event::Slot { slot: 1, state: SlotState::Removed }),
+        Message::Event(Event::PeerFrozen { peer: name("lpar1"), host_time_ns: 1_700_000_000_000_000_000 }),
+        Message::Event(Event::PeerThawed { peer: name("lpar1"), duration_ms: 4000 }),
+        Message::Event(Event::PeerFailed { peer: name("lpar2"), reason: PeerFailure::Panic }),
     ];
     v
 }

@@ -1,6 +1,8 @@
-//! The clustering service's command line (docs/cluster.md):
+//! The clustering service's command line (docs/cluster.md, docs/events.md):
 //! `cluster=active|standby|auto`, `cluster_peer_ip=A.B.C.D`,
-//! `cluster_peer=<partition name>`, `cluster_slot=<n>`.
+//! `cluster_peer=<partition name>`, `cluster_slot=<n>`,
+//! `cluster_slot_pci=<dev>.<fn>` (the slot's hot-plug port on PCI bus 0,
+//! hex device), and optionally `cluster_hb_ms=<n>`, `cluster_misses=<n>`.
 
 use crate::runtime::cmdline::Cmdline;
 use alloc::format;
@@ -18,6 +20,35 @@ pub struct ClusterArgs {
     pub peer_ip: [u8; 4],
     pub peer: Name,
     pub slot: u32,
+    /// Device and function on bus 0 of the root port the slot's device
+    /// is plugged behind: the service disk is the one on its secondary bus.
+    pub slot_port: (u8, u8),
+    /// Heartbeat interval and the misses after which the peer is failed;
+    /// `None`: the agent's defaults.
+    pub heartbeat: Option<(u64, u64)>,
+}
+
+/// `<dev>.<fn>` with a hex device (0..=0x1f) and a function 0..=7.
+fn parse_port(text: &str) -> Option<(u8, u8)> {
+    let (dev, func) = text.split_once('.')?;
+    let dev = u8::from_str_radix(dev, 16).ok().filter(|d| *d < 32)?;
+    let func = func.parse::<u8>().ok().filter(|f| *f < 8)?;
+    Some((dev, func))
+}
+
+/// `cluster_hb_ms` (20..=10000) and `cluster_misses` (2..=100), both or
+/// neither.
+fn parse_heartbeat(cmdline: &Cmdline) -> Result<Option<(u64, u64)>, String> {
+    let number = |key: &str, range: core::ops::RangeInclusive<u64>| match cmdline.get_u64(key) {
+        Ok(None) => Ok(None),
+        Ok(Some(n)) if range.contains(&n) => Ok(Some(n)),
+        _ => Err(format!("{key}= must be a number in {}..={}", range.start(), range.end())),
+    };
+    match (number("cluster_hb_ms", 20..=10_000)?, number("cluster_misses", 2..=100)?) {
+        (None, None) => Ok(None),
+        (Some(ms), Some(misses)) => Ok(Some((ms, misses))),
+        _ => Err("cluster_hb_ms= and cluster_misses= go together".into()),
+    }
 }
 
 /// Parse the cluster keys; `Ok(None)` when `cluster=` is absent.
@@ -41,7 +72,12 @@ pub fn parse(cmdline: &Cmdline) -> Result<Option<ClusterArgs>, String> {
         Ok(Some(s)) if s <= u32::MAX as u64 => s as u32,
         _ => return Err("cluster needs cluster_slot=<n>".into()),
     };
-    Ok(Some(ClusterArgs { role, peer_ip, peer, slot }))
+    let slot_port = cmdline
+        .get("cluster_slot_pci")
+        .and_then(parse_port)
+        .ok_or_else(|| String::from("cluster needs cluster_slot_pci=<dev>.<fn> (the slot's port on bus 0)"))?;
+    let heartbeat = parse_heartbeat(cmdline)?;
+    Ok(Some(ClusterArgs { role, peer_ip, peer, slot, slot_port, heartbeat }))
 }
 
 #[cfg(test)]
@@ -54,19 +90,25 @@ mod tests {
 
     #[test]
     fn full_command_line() {
-        let a = parse_str("cluster=standby cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=3").unwrap().unwrap();
+        let a = parse_str("cluster=standby cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=3 cluster_slot_pci=13.0 cluster_hb_ms=100 cluster_misses=5")
+            .unwrap()
+            .unwrap();
         assert_eq!(a.role, Some(Role::Standby));
         assert_eq!(a.peer_ip, [10, 0, 0, 1]);
         assert_eq!(a.peer.as_str(), "p1");
         assert_eq!(a.slot, 3);
-        let auto = parse_str("cluster=auto cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=0").unwrap().unwrap();
+        assert_eq!(a.slot_port, (0x13, 0));
+        assert_eq!(a.heartbeat, Some((100, 5)));
+        let auto =
+            parse_str("cluster=auto cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=0 cluster_slot_pci=10.0").unwrap().unwrap();
         assert_eq!(auto.role, None);
+        assert_eq!(auto.heartbeat, None);
     }
 
     #[test]
     fn absent_and_wrong() {
         assert!(parse_str("ip=10.0.0.2/24").unwrap().is_none());
-        let full = "cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=3";
+        let full = "cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=3 cluster_slot_pci=10.0";
         assert!(parse_str(&format!("cluster=leader {full}")).unwrap_err().contains("cluster=leader"));
         assert!(parse_str("cluster=active cluster_peer=p1 cluster_slot=3").unwrap_err().contains("cluster_peer_ip"));
         assert!(parse_str("cluster=active cluster_peer_ip=10.0.0.1 cluster_slot=3").unwrap_err().contains("cluster_peer="));
@@ -74,5 +116,13 @@ mod tests {
             .unwrap_err()
             .contains("cluster_slot"));
         assert!(parse_str("cluster=active cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=x").is_err());
+        // The slot's port is required and checked.
+        for bad in ["", "cluster_slot_pci=10", "cluster_slot_pci=20.0", "cluster_slot_pci=10.8", "cluster_slot_pci=zz.0"] {
+            let e = parse_str(&format!("cluster=active cluster_peer_ip=10.0.0.1 cluster_peer=p1 cluster_slot=3 {bad}")).unwrap_err();
+            assert!(e.contains("cluster_slot_pci"), "{bad}: {e}");
+        }
+        assert!(parse_str(&format!("cluster=active {full} cluster_hb_ms=100")).unwrap_err().contains("go together"));
+        assert!(parse_str(&format!("cluster=active {full} cluster_hb_ms=5 cluster_misses=3")).unwrap_err().contains("cluster_hb_ms"));
+        assert!(parse_str(&format!("cluster=active {full} cluster_hb_ms=100 cluster_misses=1")).unwrap_err().contains("cluster_misses"));
     }
 }

@@ -5,7 +5,15 @@
 //!
 //! Command line (docs/cluster.md): `cluster=active|standby`,
 //! `cluster_peer_ip=A.B.C.D`, `cluster_peer=<partition name>`,
-//! `cluster_slot=<n>`; needs `ip=` and `hcall=on`.
+//! `cluster_slot=<n>`, `cluster_slot_pci=<dev>.<fn>`; needs `ip=` and
+//! `hcall=on`. lparhv writes these from the config's `[[cluster]]`.
+//!
+//! The service disk is exactly the device behind the slot's hot-plug port
+//! (`cluster_slot_pci`), never another disk such as a rootvg LUN; a member
+//! that does not own the slot does not start the service. The agent also
+//! hears from lparhv on the hypercall channel: PEER_FROZEN / PEER_THAWED
+//! (the peer's silence does not count while lparhv holds it frozen),
+//! PEER_FAILED (take over now), and THAWED for this partition itself.
 //!
 //! The service: record `s` (s = 1, 2, ...) is sector `s` of the shared disk,
 //! filled with the disk test pattern for seed [`SERVICE_SEED`]. On start it
@@ -19,14 +27,17 @@
 pub mod args;
 
 use crate::devices::{self, BlockDevice};
+use crate::executor::timeout;
 use crate::executor::{Reactor, TaskId};
 use crate::net::NetStack;
 use crate::runtime::console::{self, ev};
 use alloc::sync::Arc;
 use alloc::vec;
+use alloc::vec::Vec;
 use cluster_agent::{Action, Agent, Config, Notice, Role};
 use drivers::pattern::{fill_sector, sector_matches, SECTOR};
-use hypercall_client::hypercall_abi::ReturnCode;
+use drivers::pci::DeviceFunction;
+use hypercall_client::hypercall_abi::{Event, ReturnCode};
 use hypercall_client::Call;
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
@@ -61,9 +72,28 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
         }
     };
     let peer = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(args.peer_ip)), HEARTBEAT_PORT);
-    let role = args.role.unwrap_or(if devices::first_blk().is_some() { Role::Active } else { Role::Standby });
-    let mut agent = Agent::new(Config::default(), role, now_ms(&reactor));
-    console::event(ev("cluster_start").field("role", role_name(role)).field("slot", args.slot));
+    // Only the owner of the slot has its disk at boot; whatever the command
+    // line says, a member without it never starts the service as active.
+    let has_slot_disk = slot_disk(args.slot_port).is_some();
+    let role = match args.role {
+        Some(Role::Active) if !has_slot_disk => {
+            console::event(ev("cluster_error").field("error", "cluster=active without the slot's disk: starting as standby"));
+            Role::Standby
+        }
+        Some(role) => role,
+        None if has_slot_disk => Role::Active,
+        None => Role::Standby,
+    };
+    let mut agent = Agent::new(agent_config(&args), role, now_ms(&reactor));
+    console::event(
+        ev("cluster_start")
+            .field("role", role_name(role))
+            .field("slot", args.slot)
+            .field("slot_pci", format_args!("{:02x}.{}", args.slot_port.0, args.slot_port.1)),
+    );
+    // lparhv's reports about the peer (and about this partition's own
+    // freeze). Without the channel the agent runs on heartbeats alone.
+    let events = crate::hcall::subscribe().ok();
     let mut service: Option<TaskId> = None;
     let mut pending = agent.start();
     let mut buf = [0u8; 64];
@@ -96,9 +126,63 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
         }
         pending.extend(agent.tick(now));
         if pending.is_empty() {
-            reactor.sleep_ms(TICK_MS).await;
+            // Sleep until the next tick or until lparhv reports something.
+            let deadline = reactor.now_ns() + TICK_MS * 1_000_000;
+            match &events {
+                Some(sub) => {
+                    if let Ok(event) = timeout(&reactor, deadline, sub.next()).await {
+                        pending.extend(hypervisor_report(&mut agent, &args, now_ms(&reactor), &event));
+                    }
+                }
+                None => reactor.sleep_ms(TICK_MS).await,
+            }
         }
     }
+}
+
+/// The agent's tunables: the command line's heartbeat, else the defaults.
+fn agent_config(args: &ClusterArgs) -> Config {
+    let mut config = Config::default();
+    if let Some((interval_ms, misses)) = args.heartbeat {
+        config.heartbeat_interval_ms = interval_ms;
+        config.timeout_ms = interval_ms * misses;
+        config.pause_threshold_ms = interval_ms * 3;
+    }
+    config
+}
+
+/// Hands an event from lparhv to the agent; returns what the agent wants
+/// done. Events about other partitions, and the rest, change nothing here.
+fn hypervisor_report(agent: &mut Agent, args: &ClusterArgs, now: u64, event: &Event) -> Vec<Action> {
+    match *event {
+        Event::PeerFrozen { peer, .. } if peer == args.peer => {
+            console::event(ev("cluster_notice").field("what", "peer_frozen"));
+            agent.peer_frozen(now, true);
+            Vec::new()
+        }
+        Event::PeerThawed { peer, duration_ms } if peer == args.peer => {
+            console::event(ev("cluster_notice").field("what", "peer_thawed").field("frozen_ms", duration_ms));
+            agent.peer_frozen(now, false);
+            Vec::new()
+        }
+        Event::PeerFailed { peer, reason } if peer == args.peer => {
+            console::event(ev("cluster_notice").field("what", "peer_reported_failed").field("reason", reason.name()));
+            agent.peer_failed(now)
+        }
+        Event::Thawed { duration_ms, .. } => {
+            agent.self_thawed(now, duration_ms);
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The disk in the cluster's slot: the virtio-blk function 0 of device 0
+/// on the secondary bus of the slot's port (docs/slots.md: one device per
+/// root port), if it is bound and not being removed.
+fn slot_disk(port: (u8, u8)) -> Option<Arc<BlockDevice>> {
+    let bus = devices::secondary_bus(DeviceFunction { bus: 0, device: port.0, function: port.1 })?;
+    devices::blk(DeviceFunction { bus, device: 0, function: 0 }).filter(|d| !d.is_removing())
 }
 
 /// Print the agent's notices as event lines.
@@ -106,7 +190,10 @@ fn report(agent: &mut Agent, slot: u32) {
     for notice in agent.take_notices() {
         let line = match notice {
             Notice::OwnPauseDetected { gap_ms } => ev("cluster_notice").field("what", "own_pause").field("gap_ms", gap_ms),
-            Notice::PeerFailed { silent_ms } => ev("cluster_notice").field("what", "peer_failed").field("silent_ms", silent_ms),
+            Notice::PeerFailed { silent_ms, reported } => ev("cluster_notice")
+                .field("what", "peer_failed")
+                .field("silent_ms", silent_ms)
+                .field("by", if reported { "hypervisor" } else { "heartbeat" }),
             Notice::TookOver => ev("cluster_active").field("slot", slot),
             Notice::DualActive => ev("cluster_notice").field("what", "dual_active"),
         };
@@ -133,7 +220,7 @@ async fn perform(
         }
         Action::StartService => {
             if service.is_none() {
-                *service = Some(reactor.spawn("cluster_service", service_task(reactor.clone())));
+                *service = Some(reactor.spawn("cluster_service", service_task(reactor.clone(), args.slot_port)));
             }
             return true;
         }
@@ -167,16 +254,17 @@ async fn perform(
     ok
 }
 
-/// The failover service on the shared disk (see the module header).
-async fn service_task(reactor: Arc<Reactor>) {
+/// The failover service on the shared disk in the slot behind `port`
+/// (see the module header).
+async fn service_task(reactor: Arc<Reactor>, port: (u8, u8)) {
     let disk = loop {
-        if let Some(d) = devices::first_blk().filter(|d| !d.is_removing()) {
+        if let Some(d) = slot_disk(port) {
             break d;
         }
-        reactor.sleep_ms(50).await;
+        reactor.sleep_ms(20).await;
     };
     let Some(mut next) = resume_point(&disk).await else { return };
-    console::event(ev("service_start").field("resume_seq", next - 1));
+    console::event(ev("service_start").field("resume_seq", next - 1).field("disk", &disk.bdf));
     let mut record = [0u8; SECTOR];
     loop {
         if next >= disk.capacity() {

@@ -317,6 +317,13 @@ fn report_event(e: &Event) {
                 SlotState::Removed => "removed",
             },
         ),
+        Event::PeerFrozen { peer, .. } => ev("hcall_event").field("kind", "peer_frozen").field("peer", peer),
+        Event::PeerThawed { peer, duration_ms } => {
+            ev("hcall_event").field("kind", "peer_thawed").field("peer", peer).field("duration_ms", duration_ms)
+        }
+        Event::PeerFailed { peer, reason } => {
+            ev("hcall_event").field("kind", "peer_failed").field("peer", peer).field("reason", reason.name())
+        }
     };
     event(line);
 }

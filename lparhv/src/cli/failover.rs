@@ -161,6 +161,15 @@ fn check_before_takeover(slots: &SlotControl, state_dir: &Path, image: &Path, se
     Ok(last_ack)
 }
 
+/// Sends `sig` to QEMU `pid`, which lparhv started and still supervises.
+fn signal(pid: u32, sig: i32) -> Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+        bail!("kill -{sig} {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Milliseconds from `t0` to `at`.
 fn ms_since(t0: Instant, at: Instant) -> f64 {
     at.saturating_duration_since(t0).as_secs_f64() * 1e3
@@ -176,14 +185,14 @@ fn destroy_record(path: &Path, seq: u64) -> Result<()> {
 }
 
 fn config_text(dir: &std::path::Path, kernel: &std::path::Path) -> String {
-    let part = |n: u32, peer: u32| {
+    let part = |n: u32| {
         format!(
             r#"
 [[partition]]
 name = "lpar{n}"
 memory_mib = 64
 image = "{k}"
-cmdline = "quiet hcall=on hcall_name=lpar{n} ip=10.0.0.{n}/24 cluster=auto cluster_peer_ip=10.0.0.{peer} cluster_peer=lpar{peer} cluster_slot=0"
+cmdline = "quiet hcall=on hcall_name=lpar{n} ip=10.0.0.{n}/24"
 nics = [ {{ lan = "lan0", mac = "52:54:00:00:0f:0{n}" }} ]
 "#,
             k = kernel.display()
@@ -199,6 +208,13 @@ id = 0
 disk = "{disk}"
 owner = "lpar1"
 
+# The pair: lparhv gives each member its role (the slot's owner is the
+# active), its peer and the slot's port on the guest command line.
+[[cluster]]
+name = "demo"
+members = ["lpar1", "lpar2"]
+slot = 0
+
 [authorizations]
 commands = [
   {{ partition = "lpar1", allow = ["deact", "act", "add_pci", "rem_pci", "set_cpu_share"], targets = ["lpar1", "lpar2"] }},
@@ -206,8 +222,8 @@ commands = [
 ]
 "#,
         st = dir.join("state").display(),
-        p1 = part(1, 2),
-        p2 = part(2, 1),
+        p1 = part(1),
+        p2 = part(2),
         disk = dir.join("shared.img").display(),
     )
 }
@@ -249,24 +265,31 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         std::thread::sleep(KEEP_GOING);
 
         // The failure: the active partition's QEMU dies.
+        // lparhv tells lpar2 of the exit at once (PEER_FAILED), faster than
+        // the disk copy below can be taken; so lpar2's QEMU is held
+        // (SIGSTOP) from just before the kill until the copy is checked, and
+        // the failover is timed from its release.
+        let pid2 = slots.running_pid("lpar2").context("lpar2 not running")?;
+        signal(pid2, libc::SIGSTOP)?;
         let pid = slots.running_pid("lpar1").context("lpar1 not running")?;
-        // SAFETY: kill(2) on a pid lparhv started and still supervises; it
-        // has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        if rc != 0 {
-            bail!("kill {pid}: {}", std::io::Error::last_os_error());
-        }
+        signal(pid, libc::SIGKILL)?;
+        let killed_at = Instant::now();
+        println!("  {:>8.1} ms  lpar1 killed (SIGKILL to QEMU pid {pid}); lpar2 held (SIGSTOP) for the disk copy", ms(killed_at));
+        let exited = wait_exited(&slots, "lpar1", pid, Duration::from_secs(10));
+        let last_ack =
+            exited.and_then(|_| check_before_takeover(&slots, &config.state_dir, &image_path, seen_ack, args.plant_lost_record, t0));
+        signal(pid2, libc::SIGCONT)?;
+        let last_ack = last_ack?;
         let killed = Instant::now();
-        println!("  {:>8.1} ms  lpar1 killed (SIGKILL to QEMU pid {pid})", ms(killed));
-        wait_exited(&slots, "lpar1", pid, Duration::from_secs(10))?;
-        let last_ack = check_before_takeover(&slots, &config.state_dir, &image_path, seen_ack, args.plant_lost_record, t0)?;
+        println!("  {:>8.1} ms  lpar2 released (SIGCONT); the times below count from here", ms(killed));
 
         let (ev, at) =
             wait_event(&mut i2, long, "lpar2 peer_failed", |e| e.name == "cluster_notice" && e.get("what") == Some("peer_failed"))?;
         println!(
-            "  {:>8.1} ms  lpar2 declares lpar1 failed (+{:.0} ms after the kill; silent {} ms)",
+            "  {:>8.1} ms  lpar2 declares lpar1 failed (+{:.0} ms after its release; by {}, silent {} ms)",
             ms(at),
             (at - killed).as_secs_f64() * 1e3,
+            ev.get("by").unwrap_or("?"),
             ev.get("silent_ms").unwrap_or("?")
         );
         // The steps, the takeover and the service start, in whatever order
@@ -282,7 +305,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
             }
             if ev.name == "cluster_active" {
                 let took = (at - killed).as_secs_f64() * 1e3;
-                println!("  {:>8.1} ms  lpar2 is ACTIVE (+{took:.0} ms after the kill)", ms(at));
+                println!("  {:>8.1} ms  lpar2 is ACTIVE (+{took:.0} ms after its release)", ms(at));
                 break took;
             }
             let ok = ev.get("ok") == Some("1");
@@ -341,7 +364,7 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         let image = std::fs::read(&image_path)?;
         let missing = missing_records(&image, new_last_ack);
         println!(
-            "  summary: failover in {failover_ms:.0} ms from the kill to the new active; lpar1's last ack before it died: record {last_ack}, \
+            "  summary: failover in {failover_ms:.0} ms from the standby's release to the new active; lpar1's last ack before it died: record {last_ack}, \
              records 1..={last_ack} all on the disk copy taken before the takeover; lpar2 resumed after record {resumed}; \
              at the end records 1..={new_last_ack} (lpar2's last ack so far) checked, {} missing",
             missing.len()

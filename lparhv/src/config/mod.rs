@@ -16,10 +16,11 @@
 //! written (with spans), `error` the error type and the span → line:column
 //! machinery, and one module per section validates that section: `system`,
 //! `owner`, `memory` (regions of the owner and of partitions), `vios`,
-//! `partition`, `authorizations`, `slot`. [`validate`] runs them in that
+//! `partition`, `authorizations`, `slot`, `cluster`. [`validate`] runs them in that
 //! order, so the first problem in that order is the one reported.
 
 mod authorizations;
+mod cluster;
 mod error;
 mod memory;
 mod owner;
@@ -31,6 +32,7 @@ mod system;
 mod testkit;
 mod vios;
 
+pub use cluster::lan_ip;
 pub use error::ConfigError;
 
 use crate::machine::qemu::{AccelChoice, Machine};
@@ -100,6 +102,44 @@ pub struct SlotConfig {
     /// The partition the slot is allocated (and enabled) to when the state
     /// directory has no entry for it yet.
     pub owner: Option<String>,
+}
+
+/// Which of seed 004's failover cases a cluster uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverCase {
+    /// The standby fences the failed partition (deact) and takes the slot.
+    A,
+    /// The failed active releases the device first (rem_pci), then deact.
+    B,
+}
+
+/// One `[[cluster]]`: an active/standby pair sharing slot `slot`
+/// (docs/cluster.md). The member that owns the slot is the active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Exactly two partitions.
+    pub members: Vec<String>,
+    pub slot: u32,
+    pub heartbeat_ms: u64,
+    /// Heartbeats missed before the standby declares the active failed.
+    pub misses: u64,
+    pub failover: FailoverCase,
+    /// Where clients reach the service (reserved for the service slice).
+    pub service_ip: Option<std::net::Ipv4Addr>,
+    pub service_port: Option<u16>,
+}
+
+impl ClusterConfig {
+    /// The other member, if `partition` is one.
+    pub fn peer_of(&self, partition: &str) -> Option<&str> {
+        match self.members.as_slice() {
+            [a, b] if a == partition => Some(b),
+            [a, b] if b == partition => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// One NIC: a port on virtual LAN `lan` with MAC address `mac`.
@@ -243,9 +283,16 @@ pub struct SystemConfig {
     pub eject_timeout_ms: u64,
     /// Storage servers, started before the partitions.
     pub vios: Vec<ViosConfig>,
+    /// Active/standby clusters.
+    pub clusters: Vec<ClusterConfig>,
 }
 
 impl SystemConfig {
+    /// The cluster `partition` is a member of.
+    pub fn cluster_of(&self, partition: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.members.iter().any(|m| m == partition))
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<SystemConfig, ConfigError> {
         let path = path.as_ref();
@@ -333,6 +380,7 @@ fn validate(ctx: &Ctx, raw: RawConfig) -> Result<SystemConfig, ConfigError> {
     let known = authorizations::Known { names: &names, owner: &owner.name };
     let auth = authorizations::validate(ctx, &raw.authorizations.unwrap_or_default(), &known)?;
     let slots = slot::validate(ctx, &raw.slot, raw.slots.as_ref(), &partitions)?;
+    let clusters = cluster::validate(ctx, &raw.cluster, &partitions, &slots.slots)?;
     Ok(SystemConfig {
         path: ctx.file.to_path_buf(),
         name: system.name,
@@ -346,6 +394,7 @@ fn validate(ctx: &Ctx, raw: RawConfig) -> Result<SystemConfig, ConfigError> {
         slots: slots.slots,
         eject_timeout_ms: slots.eject_timeout_ms,
         vios,
+        clusters,
     })
 }
 

@@ -23,6 +23,26 @@ pub(super) struct RawConfig {
     pub(super) slot: Vec<Spanned<RawSlot>>,
     #[serde(default)]
     pub(super) vios: Vec<Spanned<RawVios>>,
+    #[serde(default)]
+    pub(super) cluster: Vec<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) name: Spanned<String>,
+    pub(super) members: Spanned<Vec<Spanned<String>>>,
+    pub(super) slot: Spanned<u32>,
+    #[serde(default)]
+    pub(super) heartbeat_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(super) misses: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub(super) failover: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) service_ip: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) service_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]

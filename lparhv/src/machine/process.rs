@@ -36,6 +36,39 @@ impl Process {
         }
     }
 
+    /// Waits at most `limit` for the pinned process to end: its pidfd
+    /// becomes readable the moment it exits (zombie or reaped). Without
+    /// pidfds, polls for it every millisecond. Returns whether it ended.
+    pub fn wait_exit(&self, limit: std::time::Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ended = match &self.pidfd {
+                Some(fd) => {
+                    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let ms = left.as_millis().min(i32::MAX as u128) as i32;
+                    // SAFETY: `p` is one valid pollfd that outlives the
+                    // call; the count passed is 1.
+                    let n = unsafe { libc::poll(&mut p, 1, ms) };
+                    n > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
+                }
+                None => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    // SAFETY: kill(2) with signal 0 only checks that the
+                    // process exists; it has no memory-safety preconditions.
+                    unsafe { libc::kill(self.pid.as_raw_pid(), 0) != 0 }
+                }
+            };
+            if ended {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
+            }
+        }
+    }
+
     /// Sends `signal` to the pinned process.
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
         match &self.pidfd {

@@ -13,7 +13,7 @@ use super::table::{AddPlan, Refusal, RemovePlan, SlotStore, SlotTable, TableErro
 use crate::config::{PartitionCommand, SlotConfig, SystemConfig};
 use crate::machine::console::Console;
 use crate::machine::detached::follow_console;
-use crate::machine::process::kill_if;
+use crate::machine::process::Process;
 use crate::machine::qemu::{GuestSpec, Machine};
 use crate::machine::qmp::{Qmp, QmpError};
 use crate::owner::PartitionId;
@@ -21,7 +21,8 @@ use crate::state::paths::qmp_socket_path;
 use crate::state::{Runtime, Shared, System};
 use crate::supervisor::{RestartHandle, StartHooks};
 use anyhow::anyhow;
-use hypercall_abi::{Event, Name, Request, Response, ReturnCode, SlotState, MAX_FRAME};
+use hypercall_abi::{Event, Name, PeerFailure, Request, Response, ReturnCode, SlotState, MAX_FRAME};
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::{Arc, Mutex, Weak};
@@ -190,6 +191,22 @@ pub fn node_name(slot: u32) -> String {
     format!("slot{slot}d")
 }
 
+/// A `panic` or `exception` event on `partition`'s console is a failure
+/// the hypervisor sees at once: the other member of its cluster is told
+/// (PEER_FAILED) without waiting for QEMU to exit or heartbeats to stop.
+fn report_guest_failure(system: &Weak<Mutex<System>>, partition: &str, line: &str) {
+    let reason = match crate::parse_event(line).map(|e| e.name) {
+        Some(name) if name == "panic" => PeerFailure::Panic,
+        Some(name) if name == "exception" => PeerFailure::Exception,
+        _ => return,
+    };
+    let Some(system) = system.upgrade() else { return };
+    let mut sys = lock(&system);
+    if let Some(id) = sys.partition_id(partition) {
+        sys.tell_cluster_peer(id, |peer| Event::PeerFailed { peer, reason });
+    }
+}
+
 pub fn root_port_id(slot: u32) -> String {
     format!("slotrp{slot}")
 }
@@ -243,7 +260,10 @@ impl SlotControl {
         }
         let log = Console::new();
         let sink = log.clone();
+        let system = self.system.clone();
+        let name = partition.to_string();
         follow_console(partition, console, Some(console_start), stop, move |line| {
+            report_guest_failure(&system, &name, line);
             sink.push(line.to_string());
         });
         lock(&self.consoles).insert(partition.to_string(), log);
@@ -330,7 +350,11 @@ impl SlotControl {
                 }
             }
         }
-        for slot in lock(&self.table).partition_starting(partition) {
+        let starting = lock(&self.table).partition_starting(partition);
+        if let Some(words) = self.cluster_words(partition, &starting) {
+            spec.cmdline = format!("{} {words}", spec.cmdline).trim().to_string();
+        }
+        for slot in starting {
             let Some(s) = self.slot_config(slot) else { continue };
             spec.extra.push("-blockdev".into());
             spec.extra.push(format!(
@@ -344,6 +368,23 @@ impl SlotControl {
             spec.extra.push(format!("virtio-blk-pci,drive={},id={}{bus}", node_name(slot), device_id(slot)));
             info!(partition, slot, "slot cold-plugged");
         }
+    }
+
+    /// The command-line words of a cluster member (docs/events.md): its
+    /// role from the slot table (the member the shared slot starts in is
+    /// the active), its peer, the peer's LAN address, the slot and its
+    /// port on bus 0, and the heartbeat. `None` for a partition in no
+    /// cluster.
+    fn cluster_words(&self, partition: &str, starting: &[u32]) -> Option<String> {
+        let cluster = self.config.cluster_of(partition)?;
+        let peer = cluster.peer_of(partition)?;
+        let peer_ip = self.config.partition(peer).and_then(|p| crate::config::lan_ip(&p.cmdline))?;
+        let port = 0x10 + self.config.slots.iter().position(|s| s.id == cluster.slot)?;
+        let role = if starting.contains(&cluster.slot) { "active" } else { "standby" };
+        Some(format!(
+            "cluster={role} cluster_peer={peer} cluster_peer_ip={peer_ip} cluster_slot={} cluster_slot_pci={port:x}.0 cluster_hb_ms={} cluster_misses={}",
+            cluster.slot, cluster.heartbeat_ms, cluster.misses
+        ))
     }
 
     fn with_system<R>(&self, f: impl FnOnce(&mut System) -> R) -> Option<R> {
@@ -460,33 +501,37 @@ impl SlotControl {
 
     // ----- deact / act ---------------------------------------------------------
 
-    /// Powers `partition` off hard: QMP `quit` (the VM stops at once, no
-    /// guest involvement), or SIGKILL when the monitor cannot be reached.
-    /// Returns when the supervisor has seen the process gone, so its disk
-    /// images are closed.
+    /// Powers `partition` off hard: SIGKILL of its QEMU through a pidfd
+    /// (the fence: no guest involvement, and no wait on a QMP monitor that
+    /// a stopped or hung QEMU would never answer), confirmed by the pidfd
+    /// reporting the exit. Returns when the supervisor has seen the
+    /// process gone too, so its disk images are closed.
     fn deact(&self, partition: &str) -> Result<(), Fail> {
         let (id, pid) = match self.runtime(partition) {
             Some((id, Runtime::Running { pid })) => (id, pid),
             _ => return Err(fail(ReturnCode::NotActive, format!("{partition} is not active"))),
         };
-        let quit = Qmp::connect(&qmp_socket_path(&self.config.state_dir, partition), Duration::from_secs(2)).and_then(|mut q| {
-            match q.execute("quit", None) {
-                Ok(_) | Err(QmpError::Closed) => Ok(()),
-                Err(e) => Err(e),
+        // Pinned first, then checked against /proc: a reused pid is never
+        // hit. A process already gone counts as fenced.
+        match Process::open(pid) {
+            Ok(process) => {
+                if is_qemu_of(pid, partition) {
+                    if let Err(e) = process.signal(Signal::KILL) {
+                        warn!(partition, pid, "SIGKILL: {e}");
+                    }
+                }
+                if !process.wait_exit(DEACT_WAIT) {
+                    return Err(fail(ReturnCode::Hardware, format!("{partition}'s QEMU (pid {pid}) did not die after SIGKILL")));
+                }
             }
-        });
-        if let Err(e) = quit {
-            warn!(partition, pid, "QMP quit failed ({e}); sending SIGKILL");
-            // Pinned first, then checked against /proc: a reused pid is
-            // never hit.
-            kill_if(pid, || is_qemu_of(pid, partition));
+            Err(e) => info!(partition, pid, "deact: QEMU already gone ({e})"),
         }
         let deadline = Instant::now() + DEACT_WAIT;
         while self.with_system(|s| s.runtime_of(id)) == Some(Runtime::Running { pid }) {
             if Instant::now() >= deadline {
                 return Err(fail(ReturnCode::Hardware, format!("{partition}'s QEMU (pid {pid}) did not go away")));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
         lock(&self.table).partition_stopped(partition);
         Ok(())

@@ -529,6 +529,17 @@ impl System {
         }
     }
 
+    /// Tells the other member of `about`'s cluster (docs/cluster.md) what
+    /// happened to `about`: `event` gets `about`'s name. Nothing when
+    /// `about` is in no cluster.
+    pub fn tell_cluster_peer(&mut self, about: PartitionId, event: impl FnOnce(Name) -> Event) {
+        let name = self.partition_name(about);
+        let Some(peer) = self.config.cluster_of(&name).and_then(|c| c.peer_of(&name)).map(str::to_string) else { return };
+        let Some(peer_id) = self.partition_id(&peer) else { return };
+        let event = event(self.name_of(about));
+        self.push(peer_id, event);
+    }
+
     pub fn set_runtime(&mut self, id: PartitionId, state: Runtime) {
         let name = self.partition_name(id);
         self.log("runtime", Some(&name), format!("{state:?}"));
@@ -568,6 +579,8 @@ impl System {
     fn push(&mut self, to: PartitionId, event: Event) {
         let name = self.partition_name(to);
         let delivered = match self.sessions.get(&to) {
+            // An older guest does not know the event: it is not sent.
+            Some(link) if link.version < event.code().since_version() => "not pushed: the session's ABI version predates it",
             Some(link) => {
                 let mut buf = vec![0u8; hypercall_abi::MAX_FRAME];
                 match event.encode(link.version, &mut buf) {

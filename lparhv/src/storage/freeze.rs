@@ -3,6 +3,9 @@
 //! `stop`: no vCPU runs, so no new request is issued and nothing that
 //! fails can be seen), the VIOS is restarted, and once its export serves
 //! again the partitions are continued (QMP `cont`) and told (THAWED).
+//! The other member of a frozen partition's cluster is told too
+//! (PEER_FROZEN before the stop, PEER_THAWED after the `cont`), so its
+//! standby does not take the frozen partition's silence for a failure.
 //!
 //! The race with the partition's I/O: QEMU's NBD client holds requests for
 //! `reconnect-delay` seconds after the connection drops, so lparhv has that
@@ -93,6 +96,7 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
         let mut sys = lock(system);
         sys.set_frozen(*id, true);
         sys.push_event(*id, Event::Frozen { server: wire, cause, host_time_ns: at });
+        sys.tell_cluster_peer(*id, |peer| Event::PeerFrozen { peer, host_time_ns: at });
         drop(sys);
         frozen.push((*id, name.clone(), Instant::now(), at, None::<String>, Duration::ZERO));
     }
@@ -160,9 +164,16 @@ pub fn freeze_restart_thaw(system: &Shared, vios: &mut Vios, qmps: &Dispatchers,
         }
         let duration = t.elapsed();
         let thawed_at_ns = realtime_ns().max(frozen_at_ns);
+        let duration_ms = duration.as_millis() as u64;
         let mut sys = lock(system);
         sys.set_frozen(id, false);
-        sys.push_event(id, Event::Thawed { server: wire, cause, frozen_at_ns, thawed_at_ns, duration_ms: duration.as_millis() as u64 });
+        sys.push_event(id, Event::Thawed { server: wire, cause, frozen_at_ns, thawed_at_ns, duration_ms });
+        // A partition whose cont failed stays stopped: its peer keeps it
+        // as frozen, and lparhv's own failure paths decide.
+        if error.is_none() {
+            sys.tell_cluster_peer(id, |peer| Event::PeerThawed { peer, duration_ms });
+        }
+        drop(sys);
         report.push(Frozen { partition, duration, frozen_at_ns, thawed_at_ns, conts, stop_reply, error });
     }
     drop(q);

@@ -5,7 +5,10 @@
 //! starts a partition again on request ([`RestartHandle`]: owner-failure
 //! recovery, `act`, `reboot`). A partition the operator stopped on purpose
 //! (`shutdown`, `down`) is held down: owner-failure recovery does not start
-//! it again; only an explicit start (`act`, `reboot`) does.
+//! it again; only an explicit start (`act`, `reboot`) does. Each QEMU is
+//! watched through its pidfd, so an exit is handled the moment it happens,
+//! and the other member of its cluster is told at once (PEER_FAILED,
+//! docs/cluster.md).
 //!
 //! Services that add to a partition's start (the slot service: its
 //! devices, CPU share and console log) do so through [`StartHooks`], which
@@ -19,6 +22,7 @@ use crate::machine::qemu::{Accel, GuestSpec};
 use crate::owner::PartitionId;
 use crate::state::{lock, Runtime, Shared};
 use anyhow::{bail, Result};
+use hypercall_abi::{Event, PeerFailure};
 use spec::guest_spec;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -47,15 +51,24 @@ type Hooks = Option<Arc<dyn StartHooks>>;
 /// finished ([`Supervisor::restart_handle`]); others stay down.
 pub struct Supervisor {
     stop: Arc<AtomicBool>,
-    restart_tx: mpsc::Sender<PartitionId>,
+    restart_tx: mpsc::Sender<Wake>,
     held: Arc<Mutex<BTreeSet<PartitionId>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What wakes the supervisor's thread.
+#[derive(Debug, PartialEq)]
+enum Wake {
+    /// Start this partition again.
+    Restart(PartitionId),
+    /// A watched QEMU ended.
+    Exited,
 }
 
 /// Asks the supervisor to start a partition again.
 #[derive(Clone)]
 pub struct RestartHandle {
-    tx: mpsc::Sender<PartitionId>,
+    tx: mpsc::Sender<Wake>,
     /// Partitions stopped on purpose, which recovery leaves down.
     held: Arc<Mutex<BTreeSet<PartitionId>>>,
 }
@@ -69,7 +82,7 @@ impl RestartHandle {
     /// partition's) request: `act`, `reboot`. Ends a hold.
     pub fn start(&self, id: PartitionId) {
         self.held().remove(&id);
-        let _ = self.tx.send(id);
+        let _ = self.tx.send(Wake::Restart(id));
     }
 
     /// Starts the partition again after its owner-failure recovery, unless
@@ -78,7 +91,7 @@ impl RestartHandle {
         if self.held().contains(&id) {
             return false;
         }
-        let _ = self.tx.send(id);
+        let _ = self.tx.send(Wake::Restart(id));
         true
     }
 
@@ -94,12 +107,29 @@ impl RestartHandle {
     }
 }
 
+/// Wakes the supervisor the moment QEMU `pid` ends (its pidfd becomes
+/// readable), from a thread of its own; gives up when `stop` is set.
+fn watch_exit(name: &str, pid: u32, wake: mpsc::Sender<Wake>, stop: Arc<AtomicBool>) {
+    let Ok(process) = crate::machine::process::Process::open(pid) else {
+        let _ = wake.send(Wake::Exited);
+        return;
+    };
+    let _ = std::thread::Builder::new().name(format!("{name}-exit")).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if process.wait_exit(Duration::from_millis(200)) {
+                let _ = wake.send(Wake::Exited);
+                return;
+            }
+        }
+    });
+}
+
 fn spawn_one(
     system: &Shared,
     config: &SystemConfig,
     name: &str,
     accel: Accel,
-    stop: &Arc<AtomicBool>,
+    (stop, wake): (&Arc<AtomicBool>, &mpsc::Sender<Wake>),
     echo: bool,
     hooks: &Hooks,
 ) -> Option<(PartitionId, Detached)> {
@@ -114,6 +144,7 @@ fn spawn_one(
         Ok(d) => {
             info!(partition = %name, pid = d.pid(), accel = %accel, "partition started (detached)");
             lock(system).set_runtime(id, Runtime::Running { pid: d.pid() });
+            watch_exit(name, d.pid(), wake.clone(), stop.clone());
             if echo {
                 echo_console(name.to_string(), d.record.console.clone(), stop.clone());
             }
@@ -138,6 +169,7 @@ impl Supervisor {
         std::fs::create_dir_all(config.state_dir.join("qmp"))?;
         std::fs::create_dir_all(config.state_dir.join("lan"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let (restart_tx, restart_rx) = mpsc::channel::<Wake>();
         let mut guests: Vec<(PartitionId, Detached)> = Vec::new();
         for name in names {
             let Some(id) = lock(&system).partition_id(name) else { bail!("no partition {name:?} in the config") };
@@ -146,6 +178,7 @@ impl Supervisor {
                     Ok(d) => {
                         info!(partition = %name, pid = d.pid(), "partition reattached");
                         lock(&system).set_runtime(id, Runtime::Running { pid: d.pid() });
+                        watch_exit(name, d.pid(), restart_tx.clone(), stop.clone());
                         if echo {
                             echo_console(name.clone(), d.record.console.clone(), stop.clone());
                         }
@@ -164,11 +197,11 @@ impl Supervisor {
                     }
                 }
             }
-            if let Some(g) = spawn_one(&system, &config, name, accel, &stop, echo, &hooks) {
+            if let Some(g) = spawn_one(&system, &config, name, accel, (&stop, &restart_tx), echo, &hooks) {
                 guests.push(g);
             }
         }
-        let (restart_tx, restart_rx) = mpsc::channel::<PartitionId>();
+        let wake = restart_tx.clone();
         let flag = stop.clone();
         let tail_stop = stop.clone();
         let thread = std::thread::Builder::new().name("lparhv-supervisor".into()).spawn(move || {
@@ -185,16 +218,20 @@ impl Supervisor {
                     if let Err(e) = sys.partition_exited(*id) {
                         warn!(partition = %guest.name, "failure handling: {e}");
                     }
+                    // Seed 000 Figure 5: the partners of a failed partition
+                    // hear it from the hypervisor.
+                    sys.tell_cluster_peer(*id, |peer| Event::PeerFailed { peer, reason: PeerFailure::Exited });
                     false
                 });
                 match restart_rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(id) => {
+                    Ok(Wake::Exited) => {}
+                    Ok(Wake::Restart(id)) => {
                         if guests.iter().any(|(g, _)| *g == id) {
                             continue;
                         }
                         let name = lock(&system).partition_name(id);
                         info!(partition = %name, "starting the partition (owner-failure recovery or act)");
-                        if let Some(g) = spawn_one(&system, &config, &name, accel, &tail_stop, echo, &hooks) {
+                        if let Some(g) = spawn_one(&system, &config, &name, accel, (&tail_stop, &wake), echo, &hooks) {
                             guests.push(g);
                         }
                     }
@@ -227,7 +264,7 @@ impl Supervisor {
 mod tests {
     use super::*;
 
-    fn handle() -> (RestartHandle, mpsc::Receiver<PartitionId>) {
+    fn handle() -> (RestartHandle, mpsc::Receiver<Wake>) {
         let (tx, rx) = mpsc::channel();
         (RestartHandle { tx, held: Arc::new(Mutex::new(BTreeSet::new())) }, rx)
     }
@@ -237,13 +274,13 @@ mod tests {
         let (h, rx) = handle();
         let p = PartitionId(3);
         assert!(h.restart_after_recovery(p), "a failed partition is started again");
-        assert_eq!(rx.try_recv(), Ok(p));
+        assert_eq!(rx.try_recv(), Ok(Wake::Restart(p)));
         h.hold(p);
         assert!(h.is_held(p));
         assert!(!h.restart_after_recovery(p), "held down");
         assert!(rx.try_recv().is_err(), "no start was asked for");
         h.start(p);
-        assert_eq!(rx.try_recv(), Ok(p), "act / reboot start it");
+        assert_eq!(rx.try_recv(), Ok(Wake::Restart(p)), "act / reboot start it");
         assert!(!h.is_held(p), "and end the hold");
         assert!(h.restart_after_recovery(p));
     }
