@@ -332,21 +332,26 @@ impl<D: Disk> Store<D> {
         &self.disk
     }
 
-    /// Would the index still fit after `ops`? (Each command changes one
-    /// key with SET, so the keys of one record are distinct.)
+    /// Would the index still fit after `ops`? Keys changed by the record
+    /// are tracked in an overlay, so repeated keys count once.
     fn check_room(&self, ops: &[Op]) -> Result<(), Error> {
-        let (mut keys, mut bytes) = (self.index.len(), self.index_bytes);
+        let mut overlay: BTreeMap<&[u8], Option<usize>> = BTreeMap::new();
         for op in ops {
-            let old = |key: &Vec<u8>| self.index.get(key).map(|v| entry_size(key, v));
-            match op {
-                Op::Set { key, value } => {
-                    keys += usize::from(old(key).is_none());
-                    bytes = bytes - old(key).unwrap_or(0) + entry_size(key, value);
-                }
-                Op::Del { key } => {
-                    keys -= usize::from(old(key).is_some());
-                    bytes -= old(key).unwrap_or(0);
-                }
+            let (key, size) = match op {
+                Op::Set { key, value } => (key.as_slice(), Some(entry_size(key, value))),
+                Op::Del { key } => (key.as_slice(), None),
+            };
+            overlay.insert(key, size);
+        }
+        let (mut keys, mut bytes) = (self.index.len(), self.index_bytes);
+        for (key, size) in overlay {
+            if let Some(old) = self.index.get(key) {
+                keys -= 1;
+                bytes -= entry_size(key, old);
+            }
+            if let Some(size) = size {
+                keys += 1;
+                bytes += size;
             }
         }
         if keys > self.limits.max_keys || bytes > self.limits.max_index_bytes {
