@@ -19,6 +19,7 @@
 //! - `testing`: the command-line keys of the test-only behaviours and the
 //!   parsers of their values.
 //! - `cluster::args`: the clustering service's command line.
+//! - `kv::args`: the key-value service's command line (`service=`, `kv_port=`).
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -45,6 +46,9 @@ pub mod testing {
     pub mod spec;
 }
 pub mod cluster {
+    pub mod args;
+}
+pub mod kv {
     pub mod args;
 }
 

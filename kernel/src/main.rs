@@ -18,6 +18,7 @@ mod devices;
 #[allow(unsafe_code)]
 mod hal;
 mod hcall;
+mod kv;
 mod net;
 mod platform;
 mod runtime;

@@ -5,7 +5,9 @@
 //!
 //! Command line (docs/cluster.md): `cluster=active|standby`,
 //! `cluster_peer_ip=A.B.C.D`, `cluster_peer=<partition name>`,
-//! `cluster_slot=<n>`; needs `ip=` and `hcall=on`.
+//! `cluster_slot=<n>`; needs `ip=` and `hcall=on`. With `service=kv` the
+//! active partition runs the key-value service (`crate::kv`) on the shared
+//! disk instead of the record writer below.
 //!
 //! The service: record `s` (s = 1, 2, ...) is sector `s` of the shared disk,
 //! filled with the disk test pattern for seed [`SERVICE_SEED`]. On start it
@@ -50,7 +52,7 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// Run the agent for as long as the partition lives.
-pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs) {
+pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs, kv: Option<crate::kv::KvArgs>) {
     let sock = match stack.add_udp(HEARTBEAT_PORT) {
         Ok(s) => s,
         Err(e) => {
@@ -71,7 +73,7 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
         report(&mut agent, args.slot);
         while !pending.is_empty() {
             let action = pending.remove(0);
-            let ok = perform(action, &args, &stack, sock, peer, &reactor, &mut service).await;
+            let ok = perform(action, &args, kv, &stack, sock, peer, &reactor, &mut service).await;
             if !matches!(action, Action::SendHeartbeat { .. }) {
                 pending.extend(agent.action_done(now_ms(&reactor), action, ok));
                 report(&mut agent, args.slot);
@@ -112,9 +114,11 @@ fn report(agent: &mut Agent, slot: u32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn perform(
     action: Action,
     args: &ClusterArgs,
+    kv: Option<crate::kv::KvArgs>,
     stack: &Arc<NetStack>,
     sock: smoltcp::iface::SocketHandle,
     peer: IpEndpoint,
@@ -131,7 +135,13 @@ async fn perform(
         }
         Action::StartService => {
             if service.is_none() {
-                *service = Some(reactor.spawn("cluster_service", service_task(reactor.clone())));
+                *service = Some(match kv {
+                    Some(kv) => {
+                        let (stack, r) = (stack.clone(), reactor.clone());
+                        reactor.spawn("kv", async move { crate::kv::serve(stack, r.clone(), service_disk(&r).await, kv).await })
+                    }
+                    None => reactor.spawn("cluster_service", service_task(reactor.clone())),
+                });
             }
             return true;
         }
@@ -165,14 +175,20 @@ async fn perform(
     ok
 }
 
-/// The failover service on the shared disk (see the module header).
-async fn service_task(reactor: Arc<Reactor>) {
-    let disk = loop {
+/// The shared disk, once it is there (after a takeover it arrives by
+/// hot-plug).
+async fn service_disk(reactor: &Arc<Reactor>) -> Arc<BlockDevice> {
+    loop {
         if let Some(d) = devices::first_blk().filter(|d| !d.is_removing()) {
-            break d;
+            return d;
         }
         reactor.sleep_ms(50).await;
-    };
+    }
+}
+
+/// The failover service on the shared disk (see the module header).
+async fn service_task(reactor: Arc<Reactor>) {
+    let disk = service_disk(&reactor).await;
     let Some(mut next) = resume_point(&disk).await else { return };
     console::event(ev("service_start").field("resume_seq", next - 1));
     let mut record = [0u8; SECTOR];
