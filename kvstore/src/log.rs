@@ -460,7 +460,7 @@ impl MemDisk {
     fn range(&self, lba: u64, len: usize) -> Result<core::ops::Range<usize>, DiskError> {
         let start = usize::try_from(lba).ok().and_then(|l| l.checked_mul(SECTOR));
         match start.and_then(|s| Some(s..s.checked_add(len)?)) {
-            Some(r) if len % SECTOR == 0 && r.end <= self.cache.len() => Ok(r),
+            Some(r) if len.is_multiple_of(SECTOR) && r.end <= self.cache.len() => Ok(r),
             _ => Err(DiskError("request outside the disk".into())),
         }
     }

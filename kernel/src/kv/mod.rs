@@ -24,7 +24,6 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::future::Future;
 use lparos_kernel::executor::Reactor;
 use lparos_kvstore::command::Session;
 use lparos_kvstore::log::{Disk, DiskError, Store, StoreLimits, Tail, SECTOR};
@@ -50,16 +49,16 @@ impl Disk for BlkDisk {
         self.0.capacity()
     }
 
-    fn read<'a>(&'a mut self, lba: u64, buf: &'a mut [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a {
-        async move { self.0.read(lba, buf).await.map_err(|e| DiskError(e.to_string())) }
+    async fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.0.read(lba, buf).await.map_err(|e| DiskError(e.to_string()))
     }
 
-    fn write<'a>(&'a mut self, lba: u64, buf: &'a [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a {
-        async move { self.0.write(lba, buf).await.map_err(|e| DiskError(e.to_string())) }
+    async fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
+        self.0.write(lba, buf).await.map_err(|e| DiskError(e.to_string()))
     }
 
-    fn flush(&mut self) -> impl Future<Output = Result<(), DiskError>> + Send + '_ {
-        async move { self.0.flush().await.map_err(|e| DiskError(e.to_string())) }
+    async fn flush(&mut self) -> Result<(), DiskError> {
+        self.0.flush().await.map_err(|e| DiskError(e.to_string()))
     }
 }
 
