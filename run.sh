@@ -9,7 +9,8 @@ usage() {
 usage: ./run.sh <command> [options]
 
 commands:
-  setup              install what lparos needs on this machine (qemu-system-x86)
+  setup              install what lparos needs on this machine (qemu-system-x86,
+                     redis-tools)
   build              build the guest kernel (release: production and test
                      images, and the empty PVH kernel) and lparhv
   boot [options]     build and boot one guest with a virtio disk and NIC;
@@ -78,15 +79,19 @@ apt_install() {
         { echo "run.sh: apt-get install $* failed (output above)" >&2; exit 1; }
 }
 
-# qemu-system-x86 (QEMU 7.2 on Debian 12) with its qboot firmware.
+# qemu-system-x86 (QEMU 7.2 on Debian 12) with its qboot firmware, and
+# redis-tools (redis-cli, redis-benchmark: the clients of the key-value
+# service, docs/kvstore.md).
 setup() {
-    if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f /usr/share/qemu/qboot.rom ]; then
-        return 0
-    fi
-    say "qemu-system-x86 is missing"
-    apt_install qemu-system-x86
+    local missing=()
+    command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f /usr/share/qemu/qboot.rom ] || missing+=(qemu-system-x86)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    [ ${#missing[@]} -gt 0 ] || return 0
+    say "missing: ${missing[*]}"
+    apt_install "${missing[@]}"
     command -v qemu-system-x86_64 >/dev/null 2>&1 || { echo "run.sh: qemu-system-x86 did not install" >&2; exit 1; }
-    say "installed $(qemu-system-x86_64 --version | head -n1)"
+    command -v redis-cli >/dev/null 2>&1 || say "redis-tools did not install: the key-value tests will say SKIPPED"
+    say "installed: ${missing[*]} ($(qemu-system-x86_64 --version | head -n1))"
 }
 
 # Two kernel images: the test image (feature test-services: the behaviours
@@ -120,7 +125,7 @@ build_bench() {
 }
 
 # --- fuzz: libFuzzer targets in fuzz/ (docs/fuzzing.md) --------------------
-FUZZ_TARGETS="hcall_frames hcall_messages rootvg_label rootvg_metadata config qmp console_event"
+FUZZ_TARGETS="hcall_frames hcall_messages rootvg_label rootvg_metadata config qmp console_event resp"
 
 # libFuzzer itself is C++, built by the libfuzzer-sys crate.
 fuzz_setup() {

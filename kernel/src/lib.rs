@@ -47,6 +47,8 @@ pub mod hal;
 #[cfg(all(feature = "bare-metal", not(test)))]
 pub mod hcall;
 #[cfg(all(feature = "bare-metal", not(test)))]
+pub mod kv;
+#[cfg(all(feature = "bare-metal", not(test)))]
 pub mod net;
 #[cfg(all(feature = "bare-metal", not(test)))]
 pub mod platform;
@@ -97,6 +99,10 @@ pub mod cluster {
 pub mod testing {
     pub mod keys;
     pub mod spec;
+}
+#[cfg(not(all(feature = "bare-metal", not(test))))]
+pub mod kv {
+    pub mod args;
 }
 
 // The flat paths the kernel and lparhv have used so far.

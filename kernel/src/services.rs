@@ -1,8 +1,8 @@
 //! Which services start, chosen by the kernel command line (contract in
 //! docs/drivers.md and docs/events.md): the hypercall service (`hcall=on`),
 //! the storage-server event task (`vios=`), rootvg (`rootvg=on`), the
-//! network (`ip=`, `net_role=`, `peer=`, `count=`) and the clustering
-//! service (`cluster=`). The test image (feature `test-services`) adds the
+//! network (`ip=`, `net_role=`, `peer=`, `count=`), the clustering
+//! service (`cluster=`) and the key-value service (`service=kv`). The test image (feature `test-services`) adds the
 //! test behaviours of `testing`; the production image names every
 //! test-only key it was given in a `test_key_ignored` event and goes on.
 
@@ -10,7 +10,7 @@ use crate::cmdline::Cmdline;
 use crate::executor::Reactor;
 use crate::hal::exit::{exit, ExitCode};
 use crate::runtime::console;
-use crate::{cluster, devices, hcall, net, vios};
+use crate::{cluster, devices, hcall, kv, net, vios};
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use core::future::Future;
@@ -99,6 +99,17 @@ fn start_vios_events(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     reactor.spawn("vios_events", vios::events::run(settings, reactor.clone()));
 }
 
+/// `service=kv` without a cluster: the key-value service on the first disk.
+fn start_kv_alone(stack: &Arc<net::NetStack>, reactor: &Arc<Reactor>, service: Option<kv::KvArgs>) {
+    let Some(args) = service else { return };
+    match devices::first_blk() {
+        Some(disk) => {
+            reactor.spawn("kv", kv::serve(stack.clone(), reactor.clone(), disk, args));
+        }
+        None => console::event(console::ev("kv_error").field("stage", "start").field("error", "service=kv needs a disk")),
+    }
+}
+
 /// `ip=`: the network stack on the first virtio-net device, then the
 /// clustering service and the LAN roles that need it.
 fn start_net(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
@@ -125,11 +136,15 @@ fn start_net(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
             .field("ip", format_args!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]))
             .field("mac", format_args!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])),
     );
+    let service = kv::parse(cmdline).unwrap_or_else(|e| {
+        console::event(console::ev("kv_error").field("stage", "cmdline").field("error", e));
+        None
+    });
     match cluster::parse(cmdline) {
         Ok(Some(args)) => {
-            reactor.spawn("cluster", cluster::run(stack.clone(), reactor.clone(), args));
+            reactor.spawn("cluster", cluster::run(stack.clone(), reactor.clone(), args, service));
         }
-        Ok(None) => {}
+        Ok(None) => start_kv_alone(&stack, reactor, service),
         Err(e) => console::event(console::ev("cluster_error").field("error", e)),
     }
     match cmdline.get("net_role") {

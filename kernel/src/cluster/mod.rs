@@ -15,6 +15,9 @@
 //! (the peer's silence does not count while lparhv holds it frozen),
 //! PEER_FAILED (take over now), and THAWED for this partition itself.
 //!
+//! With `service=kv` the active partition runs the key-value service
+//! (`crate::kv`) on the shared disk instead of the record writer below.
+//!
 //! The service: record `s` (s = 1, 2, ...) is sector `s` of the shared disk,
 //! filled with the disk test pattern for seed [`SERVICE_SEED`]. On start it
 //! finds the last record present and appends from there, one flushed record
@@ -63,7 +66,7 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// Run the agent for as long as the partition lives.
-pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs) {
+pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs, kv: Option<crate::kv::KvArgs>) {
     let sock = match stack.add_udp(HEARTBEAT_PORT) {
         Ok(s) => s,
         Err(e) => {
@@ -103,7 +106,7 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
         report(&mut agent, args.slot);
         while !pending.is_empty() {
             let action = pending.remove(0);
-            let ok = perform(action, &args, &stack, sock, peer, &reactor, &mut service).await;
+            let ok = perform(action, &args, kv, &stack, sock, peer, &reactor, &mut service).await;
             if !matches!(action, Action::SendHeartbeat { .. }) {
                 pending.extend(agent.action_done(now_ms(&reactor), action, ok));
                 report(&mut agent, args.slot);
@@ -201,9 +204,11 @@ fn report(agent: &mut Agent, slot: u32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn perform(
     action: Action,
     args: &ClusterArgs,
+    kv: Option<crate::kv::KvArgs>,
     stack: &Arc<NetStack>,
     sock: smoltcp::iface::SocketHandle,
     peer: IpEndpoint,
@@ -220,7 +225,13 @@ async fn perform(
         }
         Action::StartService => {
             if service.is_none() {
-                *service = Some(reactor.spawn("cluster_service", service_task(reactor.clone(), args.slot_port)));
+                *service = Some(match kv {
+                    Some(kv) => {
+                        let (stack, r, port) = (stack.clone(), reactor.clone(), args.slot_port);
+                        reactor.spawn("kv", async move { crate::kv::serve(stack, r.clone(), service_disk(&r, port).await, kv).await })
+                    }
+                    None => reactor.spawn("cluster_service", service_task(reactor.clone(), args.slot_port)),
+                });
             }
             return true;
         }
@@ -254,15 +265,21 @@ async fn perform(
     ok
 }
 
+/// The shared disk in the slot behind `port`, once it is there (after a
+/// takeover it arrives by hot-plug).
+async fn service_disk(reactor: &Arc<Reactor>, port: (u8, u8)) -> Arc<BlockDevice> {
+    loop {
+        if let Some(d) = slot_disk(port) {
+            return d;
+        }
+        reactor.sleep_ms(20).await;
+    }
+}
+
 /// The failover service on the shared disk in the slot behind `port`
 /// (see the module header).
 async fn service_task(reactor: Arc<Reactor>, port: (u8, u8)) {
-    let disk = loop {
-        if let Some(d) = slot_disk(port) {
-            break d;
-        }
-        reactor.sleep_ms(20).await;
-    };
+    let disk = service_disk(&reactor, port).await;
     let Some(mut next) = resume_point(&disk).await else { return };
     console::event(ev("service_start").field("resume_seq", next - 1).field("disk", &disk.bdf));
     let mut record = [0u8; SECTOR];

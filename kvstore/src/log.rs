@@ -1,0 +1,569 @@
+//! The store: an in-memory index rebuilt from an append-only record log on a
+//! disk of 512-byte sectors (format in docs/kvstore.md, "Log").
+//!
+//! Every record starts on a sector boundary and fills whole sectors:
+//!
+//! ```text
+//! 0  magic "LPKV"   4  sequence u64   12 checksum of the previous record u32
+//! 16 payload length u32   20 CRC-32C of bytes 0..20 and the payload u32
+//! 24 payload: ops, each  tag u8 (1 SET, 2 DEL)  key length u32  key
+//!                        [value length u32  value]   (SET only)
+//! ... zeros up to the next sector boundary
+//! ```
+//!
+//! Sequence numbers start at 1 and rise by one; the chained checksum ties
+//! each record to the one before, so a record left over from an older,
+//! discarded tail never joins the log. Recovery ([`Store::open`]) replays
+//! from sector 0 and stops at the first sector that is not the next valid
+//! record: a blank sector is the clean end, anything else is a torn or
+//! corrupt tail, reported and discarded (the next record overwrites it).
+//!
+//! Writes are staged ([`Store::stage`], applied to the index at once) and
+//! made durable together by [`Store::commit`]: one device write, one flush.
+//! Nothing staged may be acknowledged until `commit` returned `Ok`, which it
+//! does only after the flush succeeded; [`Store::apply`] is both in one
+//! call. A failed write or flush leaves the index ahead of the disk, so the
+//! store refuses everything afterwards ([`Error::Failed`]); replaying the
+//! log on the next start gives the durable state back.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::future::Future;
+
+/// Bytes per sector.
+pub const SECTOR: usize = 512;
+const MAGIC: &[u8; 4] = b"LPKV";
+const HEADER: usize = 24;
+const TAG_SET: u8 = 1;
+const TAG_DEL: u8 = 2;
+/// Index bytes counted for each key besides its key and value.
+pub const ENTRY_OVERHEAD: usize = 48;
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// A device error, in the device's own words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskError(pub alloc::string::String);
+
+/// A disk of 512-byte sectors. `write` may complete into a volatile cache;
+/// only a successful `flush` makes every completed write durable. The
+/// guest's virtio-blk device and the host tests' [`MemDisk`] implement it.
+pub trait Disk {
+    fn sectors(&self) -> u64;
+    /// Read `buf.len()` bytes (a multiple of [`SECTOR`]) from sector `lba`.
+    fn read<'a>(&'a mut self, lba: u64, buf: &'a mut [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a;
+    /// Write `buf` (a multiple of [`SECTOR`]) at sector `lba`.
+    fn write<'a>(&'a mut self, lba: u64, buf: &'a [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a;
+    fn flush(&mut self) -> impl Future<Output = Result<(), DiskError>> + Send + '_;
+}
+
+/// One change to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Del { key: Vec<u8> },
+}
+
+/// Bounds on the memory and the record size of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_keys: usize,
+    /// Key and value bytes plus [`ENTRY_OVERHEAD`] per key.
+    pub max_index_bytes: usize,
+    /// Largest payload of one record (one command's changes).
+    pub max_record: usize,
+}
+
+impl StoreLimits {
+    /// The guest's: 100 000 keys, 16 MiB of index, 160 KiB records (a
+    /// request of `resp::Limits::DEFAULT` always fits).
+    pub const DEFAULT: StoreLimits = StoreLimits { max_keys: 100_000, max_index_bytes: 16 << 20, max_record: 160 * 1024 };
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The device failed a read, write or flush.
+    Disk(DiskError),
+    /// The log has reached the end of the disk.
+    DiskFull,
+    /// The index would exceed `max_keys` or `max_index_bytes`.
+    IndexFull,
+    /// One command's changes exceed `max_record`.
+    RecordTooLarge,
+    /// An earlier write or flush failed: the store refuses everything
+    /// until it is reopened (replayed).
+    Failed,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Disk(e) => write!(f, "disk error: {}", e.0),
+            Error::DiskFull => f.write_str("disk full: the log has no room for this write"),
+            Error::IndexFull => f.write_str("memory full: the key limit or the index size limit is reached"),
+            Error::RecordTooLarge => f.write_str("write too large for one log record"),
+            Error::Failed => f.write_str("the store failed a disk write earlier and accepts nothing until it restarts"),
+        }
+    }
+}
+
+/// Why replay stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// A blank sector or the end of the disk: nothing was discarded.
+    Clean,
+    /// The sector at `lba` does not hold the next valid record; it and
+    /// everything after it is not part of the log.
+    Discarded { lba: u64, reason: &'static str },
+}
+
+/// What [`Store::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    pub records: u64,
+    /// First sector after the log: where the next record goes.
+    pub end_lba: u64,
+    pub tail: Tail,
+}
+
+/// The key-value store on its disk.
+pub struct Store<D> {
+    disk: D,
+    limits: StoreLimits,
+    index: BTreeMap<Vec<u8>, Vec<u8>>,
+    index_bytes: usize,
+    /// Durable log end.
+    end_lba: u64,
+    /// Sequence and checksum of the last record, staged ones included.
+    last_seq: u64,
+    last_crc: u32,
+    /// Staged records, sector-padded, to be written at `end_lba`.
+    pending: Vec<u8>,
+    failed: bool,
+}
+
+fn entry_size(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+fn sectors_for(bytes: usize) -> usize {
+    bytes.div_ceil(SECTOR)
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Encode the payload of one record.
+fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        let (tag, key, value) = match op {
+            Op::Set { key, value } => (TAG_SET, key, Some(value)),
+            Op::Del { key } => (TAG_DEL, key, None),
+        };
+        out.push(tag);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        if let Some(value) = value {
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+    out
+}
+
+/// Decode a payload; `None` if it is not exactly a list of ops.
+fn decode_ops(mut b: &[u8]) -> Option<Vec<Op>> {
+    fn field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32_at(b, 0)? as usize;
+        let data = b.get(4..4usize.checked_add(len)?)?;
+        *b = &b[4 + len..];
+        Some(data)
+    }
+    let mut ops = Vec::new();
+    while let Some((&tag, rest)) = b.split_first() {
+        b = rest;
+        let key = field(&mut b)?.to_vec();
+        ops.push(match tag {
+            TAG_SET => Op::Set { key, value: field(&mut b)?.to_vec() },
+            TAG_DEL => Op::Del { key },
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
+/// One record, sector-padded.
+fn encode_record(seq: u64, prev_crc: u32, payload: &[u8]) -> (Vec<u8>, u32) {
+    let mut rec = vec![0u8; sectors_for(HEADER + payload.len()) * SECTOR];
+    rec[0..4].copy_from_slice(MAGIC);
+    rec[4..12].copy_from_slice(&seq.to_le_bytes());
+    rec[12..16].copy_from_slice(&prev_crc.to_le_bytes());
+    rec[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let crc = record_crc(&rec[..20], payload);
+    rec[20..24].copy_from_slice(&crc.to_le_bytes());
+    rec[HEADER..HEADER + payload.len()].copy_from_slice(payload);
+    (rec, crc)
+}
+
+fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut digest = CRC.digest();
+    digest.update(header);
+    digest.update(payload);
+    digest.finalize()
+}
+
+/// A record header read at replay, checked against what must come next.
+struct Header {
+    len: usize,
+    crc: u32,
+}
+
+fn check_header(sector: &[u8], seq: u64, prev_crc: u32, max_record: usize) -> Result<Header, &'static str> {
+    if sector.get(0..4) != Some(MAGIC) {
+        return Err("no record magic");
+    }
+    let field = |at| u32_at(sector, at).ok_or("short sector");
+    let found_seq = u64::from_le_bytes(sector[4..12].try_into().map_err(|_| "short sector")?);
+    if found_seq != seq {
+        return Err("sequence out of order");
+    }
+    if field(12)? != prev_crc {
+        return Err("does not follow the previous record");
+    }
+    let len = field(16)? as usize;
+    if len > max_record {
+        return Err("record longer than the limit");
+    }
+    Ok(Header { len, crc: field(20)? })
+}
+
+impl<D: Disk> Store<D> {
+    /// Replay the log on `disk` into a new store. Fails only if the disk
+    /// cannot be read or the replayed state exceeds `limits`.
+    pub async fn open(disk: D, limits: StoreLimits) -> Result<(Self, Recovery), Error> {
+        let mut store = Store {
+            disk,
+            limits,
+            index: BTreeMap::new(),
+            index_bytes: 0,
+            end_lba: 0,
+            last_seq: 0,
+            last_crc: 0,
+            pending: Vec::new(),
+            failed: false,
+        };
+        let tail = store.replay().await?;
+        let recovery = Recovery { records: store.last_seq, end_lba: store.end_lba, tail };
+        Ok((store, recovery))
+    }
+
+    async fn replay(&mut self) -> Result<Tail, Error> {
+        let mut sector = vec![0u8; SECTOR];
+        loop {
+            let lba = self.end_lba;
+            if lba >= self.disk.sectors() {
+                return Ok(Tail::Clean);
+            }
+            self.disk.read(lba, &mut sector).await.map_err(Error::Disk)?;
+            if sector.iter().all(|&b| b == 0) {
+                return Ok(Tail::Clean);
+            }
+            let discard = |reason| Ok(Tail::Discarded { lba, reason });
+            let header = match check_header(&sector, self.last_seq + 1, self.last_crc, self.limits.max_record) {
+                Ok(h) => h,
+                Err(reason) => return discard(reason),
+            };
+            let count = sectors_for(HEADER + header.len) as u64;
+            if lba + count > self.disk.sectors() {
+                return discard("record runs past the end of the disk");
+            }
+            let mut record = vec![0u8; count as usize * SECTOR];
+            record[..SECTOR].copy_from_slice(&sector);
+            if count > 1 {
+                self.disk.read(lba + 1, &mut record[SECTOR..]).await.map_err(Error::Disk)?;
+            }
+            let payload = &record[HEADER..HEADER + header.len];
+            if record_crc(&record[..20], payload) != header.crc {
+                return discard("checksum mismatch");
+            }
+            let Some(ops) = decode_ops(payload) else { return discard("payload does not decode") };
+            self.check_room(&ops)?;
+            self.apply_to_index(ops);
+            self.last_seq += 1;
+            self.last_crc = header.crc;
+            self.end_lba += count;
+        }
+    }
+
+    /// The value of `key`, staged writes included.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.index.get(key).map(Vec::as_slice)
+    }
+
+    /// Number of keys, staged writes included.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Every key and value in key order (for checks and tests).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.index.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Whether staged writes wait for [`Store::commit`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// First sector after the durable log.
+    pub fn end_lba(&self) -> u64 {
+        self.end_lba
+    }
+
+    /// The disk, for tests that look at what reached it.
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    /// Would the index still fit after `ops`? Keys changed by the record
+    /// are tracked in an overlay, so repeated keys count once.
+    fn check_room(&self, ops: &[Op]) -> Result<(), Error> {
+        let mut overlay: BTreeMap<&[u8], Option<usize>> = BTreeMap::new();
+        for op in ops {
+            let (key, size) = match op {
+                Op::Set { key, value } => (key.as_slice(), Some(entry_size(key, value))),
+                Op::Del { key } => (key.as_slice(), None),
+            };
+            overlay.insert(key, size);
+        }
+        let (mut keys, mut bytes) = (self.index.len(), self.index_bytes);
+        for (key, size) in overlay {
+            if let Some(old) = self.index.get(key) {
+                keys -= 1;
+                bytes -= entry_size(key, old);
+            }
+            if let Some(size) = size {
+                keys += 1;
+                bytes += size;
+            }
+        }
+        if keys > self.limits.max_keys || bytes > self.limits.max_index_bytes {
+            return Err(Error::IndexFull);
+        }
+        Ok(())
+    }
+
+    fn apply_to_index(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::Set { key, value } => {
+                    self.index_bytes += entry_size(&key, &value);
+                    if let Some(old) = self.index.insert(key.clone(), value) {
+                        self.index_bytes -= entry_size(&key, &old);
+                    }
+                }
+                Op::Del { key } => {
+                    if let Some(old) = self.index.remove(&key) {
+                        self.index_bytes -= entry_size(&key, &old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Add one record holding `ops` to the pending batch and apply it to
+    /// the index. Not durable, and not to be acknowledged, until
+    /// [`Store::commit`] returns `Ok`. Refused (nothing changes) when the
+    /// record or the index would not fit.
+    pub fn stage(&mut self, ops: Vec<Op>) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::Failed);
+        }
+        let payload = encode_ops(&ops);
+        if payload.len() > self.limits.max_record {
+            return Err(Error::RecordTooLarge);
+        }
+        let needed = ((self.pending.len() / SECTOR + sectors_for(HEADER + payload.len())) as u64).saturating_add(self.end_lba);
+        if needed > self.disk.sectors() {
+            return Err(Error::DiskFull);
+        }
+        self.check_room(&ops)?;
+        let (record, crc) = encode_record(self.last_seq + 1, self.last_crc, &payload);
+        self.pending.extend_from_slice(&record);
+        self.last_seq += 1;
+        self.last_crc = crc;
+        self.apply_to_index(ops);
+        Ok(())
+    }
+
+    /// Write every staged record and flush. Returns the number of sectors
+    /// written, only after the flush succeeded; on any device error the
+    /// store fails for good (see the module header).
+    pub async fn commit(&mut self) -> Result<usize, Error> {
+        if self.failed {
+            return Err(Error::Failed);
+        }
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        let written = async {
+            self.disk.write(self.end_lba, &self.pending).await?;
+            self.disk.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(Error::Disk(e));
+        }
+        let sectors = self.pending.len() / SECTOR;
+        self.end_lba += sectors as u64;
+        self.pending.clear();
+        Ok(sectors)
+    }
+
+    /// Stage `ops` and commit: `Ok` means they are on the disk, flushed.
+    pub async fn apply(&mut self, ops: Vec<Op>) -> Result<(), Error> {
+        self.stage(ops)?;
+        self.commit().await.map(|_| ())
+    }
+}
+
+/// A disk in memory with a volatile write cache: `write` lands in `cache`,
+/// `flush` copies it to `durable`, and a "crash" is [`MemDisk::durable`].
+/// Faults can be planted: failing writes or flushes.
+#[derive(Clone, Debug)]
+pub struct MemDisk {
+    pub cache: Vec<u8>,
+    pub durable: Vec<u8>,
+    pub fail_writes: bool,
+    pub fail_flush: bool,
+    pub flushes: u64,
+}
+
+impl MemDisk {
+    pub fn new(sectors: usize) -> Self {
+        MemDisk::from_image(vec![0; sectors * SECTOR])
+    }
+
+    /// A disk whose durable content (and cache) is `image` (whole sectors).
+    pub fn from_image(image: Vec<u8>) -> Self {
+        MemDisk { cache: image.clone(), durable: image, fail_writes: false, fail_flush: false, flushes: 0 }
+    }
+
+    fn range(&self, lba: u64, len: usize) -> Result<core::ops::Range<usize>, DiskError> {
+        let start = usize::try_from(lba).ok().and_then(|l| l.checked_mul(SECTOR));
+        match start.and_then(|s| Some(s..s.checked_add(len)?)) {
+            Some(r) if len.is_multiple_of(SECTOR) && r.end <= self.cache.len() => Ok(r),
+            _ => Err(DiskError("request outside the disk".into())),
+        }
+    }
+}
+
+impl Disk for MemDisk {
+    fn sectors(&self) -> u64 {
+        (self.cache.len() / SECTOR) as u64
+    }
+
+    fn read<'a>(&'a mut self, lba: u64, buf: &'a mut [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a {
+        let r = self.range(lba, buf.len()).map(|r| buf.copy_from_slice(&self.cache[r]));
+        core::future::ready(r)
+    }
+
+    fn write<'a>(&'a mut self, lba: u64, buf: &'a [u8]) -> impl Future<Output = Result<(), DiskError>> + Send + 'a {
+        let r = if self.fail_writes {
+            Err(DiskError("planted write failure".into()))
+        } else {
+            self.range(lba, buf.len()).map(|r| self.cache[r].copy_from_slice(buf))
+        };
+        core::future::ready(r)
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), DiskError>> + Send + '_ {
+        let r = if self.fail_flush {
+            Err(DiskError("planted flush failure".into()))
+        } else {
+            self.durable.copy_from_slice(&self.cache);
+            self.flushes += 1;
+            Ok(())
+        };
+        core::future::ready(r)
+    }
+}
+
+/// Run a future whose every await is ready at once (a [`MemDisk`] store):
+/// host tests and the fuzz target. `None` if it ever returns `Pending`.
+pub fn run_ready<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = core::pin::pin!(future);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(out) => Some(out),
+        core::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(disk: MemDisk) -> (Store<MemDisk>, Recovery) {
+        run_ready(Store::open(disk, StoreLimits::DEFAULT)).unwrap().unwrap()
+    }
+
+    fn set(k: &str, v: &str) -> Op {
+        Op::Set { key: k.into(), value: v.into() }
+    }
+
+    #[test]
+    fn ops_round_trip_and_garbage_is_refused() {
+        let ops = vec![set("a", "1"), Op::Del { key: b"b".to_vec() }, set("", "")];
+        assert_eq!(decode_ops(&encode_ops(&ops)), Some(ops));
+        assert_eq!(decode_ops(&[3, 0, 0, 0, 0]), None);
+        assert_eq!(decode_ops(&[1, 9, 0, 0, 0, b'k']), None);
+        assert_eq!(decode_ops(&[1, 255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn an_applied_write_is_flushed_before_apply_returns() {
+        let (mut store, rec) = open(MemDisk::new(64));
+        assert_eq!(rec, Recovery { records: 0, end_lba: 0, tail: Tail::Clean });
+        run_ready(store.apply(vec![set("k", "v")])).unwrap().unwrap();
+        assert_eq!(store.disk().flushes, 1);
+        let (again, rec) = open(MemDisk::from_image(store.disk().durable.clone()));
+        assert_eq!(rec.records, 1);
+        assert_eq!(again.get(b"k"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_failed_flush_fails_the_store_and_nothing_is_durable() {
+        let (mut store, _) = open(MemDisk::new(64));
+        store.disk.fail_flush = true;
+        let r = run_ready(store.apply(vec![set("k", "v")])).unwrap();
+        assert!(matches!(r, Err(Error::Disk(_))), "{r:?}");
+        assert_eq!(store.stage(vec![set("x", "y")]), Err(Error::Failed));
+        let (again, _) = open(MemDisk::from_image(store.disk().durable.clone()));
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn full_disk_and_full_index_are_refused_without_change() {
+        let (mut store, _) = open(MemDisk::new(2));
+        run_ready(store.apply(vec![set("a", "1")])).unwrap().unwrap();
+        run_ready(store.apply(vec![set("b", "2")])).unwrap().unwrap();
+        assert_eq!(store.stage(vec![set("c", "3")]), Err(Error::DiskFull));
+        assert_eq!(store.len(), 2);
+        let limits = StoreLimits { max_keys: 1, max_index_bytes: 1 << 20, max_record: 1024 };
+        let (mut small, _) = run_ready(Store::open(MemDisk::new(64), limits)).unwrap().unwrap();
+        small.stage(vec![set("a", "1")]).unwrap();
+        small.stage(vec![set("a", "2")]).unwrap();
+        assert_eq!(small.stage(vec![set("b", "1")]), Err(Error::IndexFull));
+        assert_eq!(small.stage(vec![set("c", &"x".repeat(2000))]), Err(Error::RecordTooLarge));
+        assert_eq!(small.get(b"a"), Some(&b"2"[..]));
+    }
+}
