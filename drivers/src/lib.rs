@@ -10,7 +10,6 @@
 extern crate alloc;
 
 pub mod msix;
-pub mod pattern;
 pub mod pci;
 pub mod pcihp;
 pub mod virtio;

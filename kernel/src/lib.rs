@@ -6,16 +6,17 @@
 //! modules of each folder inline, the binary declares the rest through the
 //! folder's `mod.rs` (which re-exports the pure part).
 //!
-//! - `runtime`: the `key=value` command line, machine-readable event lines,
-//!   the cooperative executor (tasks, timers, interrupt wake-ups) and
+//! - `runtime`: the `key=value` command line, the cooperative executor (tasks, timers, interrupt wake-ups) and
 //!   interrupt vector allocation, and the boot stage marks.
 //! - `hcall::spec`: the hypercall test behaviours' command line, statistics
 //!   and shared-memory pattern.
 //! - `vios::initiator`: the PAUSE/RESUME initiator state machine and the
 //!   freeze (THAWED) clock assessment.
 //! - `storage`: rootvg activation and LV I/O over an asynchronous disk
-//!   (`rootvg_io`), and the record format of the checked-write service
-//!   (`writer_log`; the guest writes it, lparhv verifies it).
+//!   (`rootvg_io`).
+//!
+//! The formats shared with lparhv (event lines, the checked-write record,
+//! the test patterns) are in the `proto` crate (`lparos-proto`).
 //! - `testing`: the command-line keys of the test-only behaviours and the
 //!   parsers of their values.
 //! - `cluster::args`: the clustering service's command line.
@@ -26,7 +27,6 @@ extern crate alloc;
 pub mod runtime {
     pub mod boot_stages;
     pub mod cmdline;
-    pub mod event;
     pub mod executor;
     pub mod vectors;
 }
@@ -38,7 +38,6 @@ pub mod vios {
 }
 pub mod storage {
     pub mod rootvg_io;
-    pub mod writer_log;
 }
 pub mod testing {
     pub mod keys;
@@ -50,6 +49,6 @@ pub mod cluster {
 
 // The flat paths the binary and lparhv have used so far.
 pub use hcall::spec as hcall_spec;
-pub use runtime::{cmdline, event, executor, vectors};
-pub use storage::{rootvg_io, writer_log};
+pub use runtime::{cmdline, executor, vectors};
+pub use storage::rootvg_io;
 pub use vios::initiator as vios_initiator;

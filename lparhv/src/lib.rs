@@ -7,7 +7,6 @@
 //! - `config`: the TOML description of a managed system.
 //! - `owner`: the owner role of grant / accept / return / rescind: grant
 //!   table, cookies, per-partition logical-to-physical tables, durable state.
-//! - `pattern`: the disk test pattern shared with the guest.
 //! - `state`: the system state behind one lock (the owner table's
 //!   operations, sessions, event log, views) and the state directory's paths.
 //! - `vios`: the storage server process (qemu-storage-daemon exporting LUNs
@@ -34,10 +33,10 @@ pub mod hcall;
 pub mod lab;
 pub mod machine;
 pub mod owner;
-pub mod pattern;
 pub mod slots;
 pub mod state;
 pub mod storage;
 pub mod supervisor;
 
-pub use lparos_kernel::event::{parse as parse_event, Event};
+/// The guest's console event lines (the format is `proto::event`).
+pub use proto::event::{keys, names, parse as parse_event, Event};

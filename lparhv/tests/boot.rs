@@ -8,7 +8,7 @@ mod harness;
 use harness::{kernel, skipped, Scratch};
 
 use lparhv::machine::qemu::{self, Accel, AccelChoice, Disk, Guest, GuestExit, GuestSpec};
-use lparhv::pattern;
+use proto::pattern;
 use std::time::Duration;
 
 fn boot_to_ready(accel: Accel) {

@@ -9,8 +9,8 @@ use harness::{kernel, Scratch};
 
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec, Machine};
 use lparhv::machine::qmp::Qmp;
-use lparhv::pattern;
 use lparhv::Event;
+use proto::pattern;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -22,10 +22,11 @@ use crate::runtime::console::{self, ev};
 use alloc::sync::Arc;
 use alloc::vec;
 use cluster_agent::{Action, Agent, Config, Notice, Role};
-use drivers::pattern::{fill_sector, sector_matches, SECTOR};
 use hypercall_client::hypercall_abi::ReturnCode;
 use hypercall_client::Call;
 use lparos_kernel::executor::{Reactor, TaskId};
+use proto::event::{keys, names};
+use proto::pattern::{fill_sector, sector_matches, SECTOR};
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 
@@ -54,14 +55,14 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
     let sock = match stack.add_udp(HEARTBEAT_PORT) {
         Ok(s) => s,
         Err(e) => {
-            console::event(ev("cluster_error").field("error", alloc::format!("heartbeat socket: {e}")));
+            console::event(ev("cluster_error").field(keys::ERROR, alloc::format!("heartbeat socket: {e}")));
             return;
         }
     };
     let peer = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(args.peer_ip)), HEARTBEAT_PORT);
     let role = args.role.unwrap_or(if devices::first_blk().is_some() { Role::Active } else { Role::Standby });
     let mut agent = Agent::new(Config::default(), role, now_ms(&reactor));
-    console::event(ev("cluster_start").field("role", role_name(role)).field("slot", args.slot));
+    console::event(ev(names::CLUSTER_START).field(keys::ROLE, role_name(role)).field("slot", args.slot));
     let mut service: Option<TaskId> = None;
     let mut pending = agent.start();
     let mut buf = [0u8; 64];
@@ -103,10 +104,10 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs)
 fn report(agent: &mut Agent, slot: u32) {
     for notice in agent.take_notices() {
         let line = match notice {
-            Notice::OwnPauseDetected { gap_ms } => ev("cluster_notice").field("what", "own_pause").field("gap_ms", gap_ms),
-            Notice::PeerFailed { silent_ms } => ev("cluster_notice").field("what", "peer_failed").field("silent_ms", silent_ms),
-            Notice::TookOver => ev("cluster_active").field("slot", slot),
-            Notice::DualActive => ev("cluster_notice").field("what", "dual_active"),
+            Notice::OwnPauseDetected { gap_ms } => ev(names::CLUSTER_NOTICE).field("what", "own_pause").field("gap_ms", gap_ms),
+            Notice::PeerFailed { silent_ms } => ev(names::CLUSTER_NOTICE).field("what", "peer_failed").field("silent_ms", silent_ms),
+            Notice::TookOver => ev(names::CLUSTER_ACTIVE).field("slot", slot),
+            Notice::DualActive => ev(names::CLUSTER_NOTICE).field("what", "dual_active"),
         };
         console::event(line);
     }
@@ -157,7 +158,7 @@ async fn perform(
         Ok(_) => true,
         Err(e) => action == Action::DeactPeer && e.is(ReturnCode::NotActive),
     };
-    let mut line = ev("cluster_action").field("action", &what).field("ok", ok as u8).field("ms", ms);
+    let mut line = ev(names::CLUSTER_ACTION).field("action", &what).field(keys::OK, ok as u8).field("ms", ms);
     if let Err(e) = &result {
         line = line.field("rc", e.rc());
     }
@@ -174,11 +175,11 @@ async fn service_task(reactor: Arc<Reactor>) {
         reactor.sleep_ms(50).await;
     };
     let Some(mut next) = resume_point(&disk).await else { return };
-    console::event(ev("service_start").field("resume_seq", next - 1));
+    console::event(ev(names::SERVICE_START).field(keys::RESUME_SEQ, next - 1));
     let mut record = [0u8; SECTOR];
     loop {
         if next >= disk.capacity() {
-            console::event(ev("service_full").field("seq", next - 1));
+            console::event(ev("service_full").field(keys::SEQ, next - 1));
             return;
         }
         fill_sector(SERVICE_SEED, next, &mut record);
@@ -191,11 +192,11 @@ async fn service_task(reactor: Arc<Reactor>) {
             Ok(()) => {
                 // Every flushed record is acknowledged on the console, so
                 // the last ack a partition printed before it died is known.
-                console::event(ev("service_ack").field("seq", next));
+                console::event(ev(names::SERVICE_ACK).field(keys::SEQ, next));
                 next += 1;
             }
             Err(e) => {
-                console::event(ev("service_error").field("seq", next).field("error", alloc::format!("{e}")));
+                console::event(ev("service_error").field(keys::SEQ, next).field(keys::ERROR, alloc::format!("{e}")));
                 return;
             }
         }
@@ -209,7 +210,7 @@ async fn resume_point(disk: &BlockDevice) -> Option<u64> {
     let mut s = 1;
     while s < disk.capacity() {
         if let Err(e) = disk.read(s, &mut buf).await {
-            console::event(ev("service_error").field("seq", s).field("error", alloc::format!("{e}")));
+            console::event(ev("service_error").field(keys::SEQ, s).field(keys::ERROR, alloc::format!("{e}")));
             return None;
         }
         if !sector_matches(SERVICE_SEED, s, &buf) {

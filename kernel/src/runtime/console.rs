@@ -4,7 +4,7 @@
 use crate::hal::arch::x86_64::{cpu, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
-use lparos_kernel::event::EventLine;
+use proto::event::EventLine;
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// A line buffer on the stack: one console write per line.

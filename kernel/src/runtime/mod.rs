@@ -1,13 +1,15 @@
 //! The runtime the services run on. The pure parts (executor, timers,
-//! command line, event lines, vector allocation) are in the library crate
+//! command line, vector allocation) are in the library crate
 //! and unit-tested on the host (`lib.rs` declares them from this folder);
 //! the bare-metal side adds the serial console and the boot stage record.
+//! The event-line format the console prints is `proto::event`.
 
 pub mod console;
 
 use crate::hal::arch::x86_64::{boot, cpu};
 use crate::hal::time;
 use lparos_kernel::runtime::boot_stages::{Stage, StageMarks};
+use proto::event::names;
 
 static BOOT_STAGES: spin::Mutex<StageMarks> = spin::Mutex::new(StageMarks::new());
 
@@ -21,7 +23,7 @@ pub fn mark_stage(stage: Stage) {
 /// took (needs the calibrated clock).
 pub fn report_stages() {
     let durations = BOOT_STAGES.lock().durations(boot::entry_tsc());
-    let mut line = console::ev("boot_stages");
+    let mut line = console::ev(names::BOOT_STAGES);
     for (stage, ticks) in durations {
         line = line.field(stage.field(), time::tsc_to_ns(ticks) / 1000);
     }

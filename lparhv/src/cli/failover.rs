@@ -31,9 +31,9 @@ use lparhv::daemon::Daemon;
 use lparhv::machine::detached::console_path;
 use lparhv::owner::OsCookieSource;
 use lparhv::parse_event;
-use lparhv::pattern::SECTOR;
 use lparhv::slots::commands::{ConsoleLog, SlotControl};
-use lparhv::Event;
+use lparhv::{keys, names, Event};
+use proto::pattern::SECTOR;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,7 @@ fn wait_event(
                 let line = &lines[*from];
                 *from += 1;
                 if let Some(ev) = parse_event(&line.text) {
-                    if ev.name == "panic" || ev.name == "exception" {
+                    if ev.name == names::PANIC || ev.name == names::EXCEPTION {
                         bail!("guest failed while waiting for {what}: {}", line.text);
                     }
                     if want(&ev) {
@@ -93,10 +93,10 @@ fn wait_event(
 
 /// The record a `service_ack` event acknowledges.
 fn acked_record(ev: &Event) -> Option<u64> {
-    if ev.name != "service_ack" {
+    if ev.name != names::SERVICE_ACK {
         return None;
     }
-    ev.get("seq")?.parse().ok()
+    ev.u64(keys::SEQ).ok()
 }
 
 /// The highest record acknowledged in `lines` (0 if none).
@@ -107,7 +107,7 @@ fn highest_ack<'a>(lines: impl IntoIterator<Item = &'a str>) -> u64 {
 /// The records `1..=last` that `image` does not hold with the service's
 /// pattern (record `s` is sector `s`; sector 0 is not a record).
 fn missing_records(image: &[u8], last: u64) -> Vec<u64> {
-    lparhv::pattern::mismatched_sectors(SERVICE_SEED, image, last + 1).into_iter().filter(|&s| s >= 1).collect()
+    proto::pattern::mismatched_sectors(SERVICE_SEED, image, last + 1).into_iter().filter(|&s| s >= 1).collect()
 }
 
 /// Waits until the supervisor has reaped `partition`'s QEMU `pid`.
@@ -252,12 +252,12 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         let (l1, l2) = (console("lpar1")?, console("lpar2")?);
         let (mut i1, mut i2) = (0, 0);
         let long = Duration::from_secs(60);
-        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 cluster_start", |e| e.name == "cluster_start")?;
-        println!("  {:>8.1} ms  lpar1 starts as {} (it owns slot 0)", ms(at), ev.get("role").unwrap_or("?"));
-        let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 cluster_start", |e| e.name == "cluster_start")?;
-        println!("  {:>8.1} ms  lpar2 starts as {}", ms(at), ev.get("role").unwrap_or("?"));
-        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 service_start", |e| e.name == "service_start")?;
-        println!("  {:>8.1} ms  lpar1 service running (records on disk before: {})", ms(at), ev.get("resume_seq").unwrap_or("?"));
+        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 cluster_start", |e| e.name == names::CLUSTER_START)?;
+        println!("  {:>8.1} ms  lpar1 starts as {} (it owns slot 0)", ms(at), ev.get(keys::ROLE).unwrap_or("?"));
+        let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 cluster_start", |e| e.name == names::CLUSTER_START)?;
+        println!("  {:>8.1} ms  lpar2 starts as {}", ms(at), ev.get(keys::ROLE).unwrap_or("?"));
+        let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 service_start", |e| e.name == names::SERVICE_START)?;
+        println!("  {:>8.1} ms  lpar1 service running (records on disk before: {})", ms(at), ev.get(keys::RESUME_SEQ).unwrap_or("?"));
         // Let the service work for a while.
         let (ev, at) = wait_event(&l1, &mut i1, long, "lpar1 service_ack", |e| acked_record(e).is_some_and(|s| s >= ACKS_BEFORE_KILL))?;
         let seen_ack = acked_record(&ev).unwrap_or(0);
@@ -279,8 +279,9 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         wait_exited(&slots, "lpar1", pid, Duration::from_secs(10))?;
         let last_ack = check_before_takeover(&slots, &config.state_dir, &image_path, seen_ack, args.plant_lost_record, t0)?;
 
-        let (ev, at) =
-            wait_event(&l2, &mut i2, long, "lpar2 peer_failed", |e| e.name == "cluster_notice" && e.get("what") == Some("peer_failed"))?;
+        let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 peer_failed", |e| {
+            e.name == names::CLUSTER_NOTICE && e.get("what") == Some("peer_failed")
+        })?;
         println!(
             "  {:>8.1} ms  lpar2 declares lpar1 failed (+{:.0} ms after the kill; silent {} ms)",
             ms(at),
@@ -294,16 +295,16 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
             let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 failover", |e| {
                 matches!(e.name.as_str(), "cluster_action" | "cluster_active" | "service_start")
             })?;
-            if ev.name == "service_start" {
-                resumed_at = Some((ev.get("resume_seq").and_then(|s| s.parse().ok()).unwrap_or(0), at));
+            if ev.name == names::SERVICE_START {
+                resumed_at = Some((ev.u64(keys::RESUME_SEQ).unwrap_or(0), at));
                 continue;
             }
-            if ev.name == "cluster_active" {
+            if ev.name == names::CLUSTER_ACTIVE {
                 let took = (at - killed).as_secs_f64() * 1e3;
                 println!("  {:>8.1} ms  lpar2 is ACTIVE (+{took:.0} ms after the kill)", ms(at));
                 break took;
             }
-            let ok = ev.get("ok") == Some("1");
+            let ok = ev.get(keys::OK) == Some("1");
             println!(
                 "  {:>8.1} ms  lpar2 {:<16} {} ({} ms{})",
                 ms(at),
@@ -319,8 +320,8 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
         let (resumed, at) = match resumed_at {
             Some(r) => r,
             None => {
-                let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 service_start", |e| e.name == "service_start")?;
-                (ev.get("resume_seq").and_then(|s| s.parse().ok()).unwrap_or(0), at)
+                let (ev, at) = wait_event(&l2, &mut i2, long, "lpar2 service_start", |e| e.name == names::SERVICE_START)?;
+                (ev.u64(keys::RESUME_SEQ).unwrap_or(0), at)
             }
         };
         println!("  {:>8.1} ms  lpar2 service resumed after record {resumed}", ms(at));
@@ -343,10 +344,10 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut j1 = 0;
-        let (ev, at) = wait_event(&l1b, &mut j1, long, "lpar1 cluster_start after act", |e| e.name == "cluster_start")?;
-        println!("  {:>8.1} ms  lpar1 is back as {}", ms(at), ev.get("role").unwrap_or("?"));
-        if ev.get("role") != Some("standby") {
-            bail!("lpar1 came back as {:?}, expected standby", ev.get("role"));
+        let (ev, at) = wait_event(&l1b, &mut j1, long, "lpar1 cluster_start after act", |e| e.name == names::CLUSTER_START)?;
+        println!("  {:>8.1} ms  lpar1 is back as {}", ms(at), ev.get(keys::ROLE).unwrap_or("?"));
+        if ev.get(keys::ROLE) != Some("standby") {
+            bail!("lpar1 came back as {:?}, expected standby", ev.get(keys::ROLE));
         }
 
         // Everything the new active acknowledged so far is on the disk.

@@ -15,7 +15,7 @@ use lparhv::machine::qemu::{self, Accel, AccelChoice};
 use lparhv::owner::OsCookieSource;
 use lparhv::state::lock;
 use lparhv::state::{hcall_socket_path, Shared};
-use lparos_kernel::event::{parse as parse_event, Event};
+use proto::event::{parse as parse_event, Event};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
