@@ -17,7 +17,6 @@
 extern crate alloc;
 
 pub mod msix;
-pub mod pattern;
 pub mod pci;
 pub mod pcihp;
 // The virtio-drivers edge: its queue calls are `unsafe fn`.

@@ -4,7 +4,7 @@
 //!
 //! - `hal`: the hardware abstraction layer, the one place allowed `unsafe`
 //!   (PVH entry and the x86_64 pieces, memory, port I/O, MMIO, ECAM, DMA).
-//! - `runtime`: the executor, timers, command line, event lines, interrupt
+//! - `runtime`: the executor, timers, command line, interrupt
 //!   vectors, the console, and the boot sequence (`runtime::boot`).
 //! - `platform`: ACPI tables, the SCI and its GPEs, PCI hot-plug, shutdown.
 //! - `devices`: the PCI registry and the bound virtio devices.
@@ -21,10 +21,11 @@
 //! so in the kernel images) and never under `cfg(test)`: then this file
 //! declares, for each folder that has plain logic, an inline module listing
 //! only those files. So `cargo test -p lparos-kernel --lib` runs on the host
-//! and reaches every parser and state machine, and lparhv (which depends on
-//! this crate with `default-features = false` for `event` and `writer_log`)
-//! gets the same plain-logic subset without the boot code, the panic
-//! handler or the C memory functions.
+//! and reaches every parser and state machine.
+//!
+//! The formats shared with lparhv (event lines, the checked-write record,
+//! the test patterns) are in the `proto` crate (`lparos-proto`); lparhv does
+//! not depend on this crate.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 // The production image leaves out the test behaviours (feature
@@ -72,7 +73,6 @@ pub use runtime::boot::IRQS;
 pub mod runtime {
     pub mod boot_stages;
     pub mod cmdline;
-    pub mod event;
     pub mod executor;
     pub mod vectors;
 }
@@ -87,7 +87,6 @@ pub mod vios {
 #[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod storage {
     pub mod rootvg_io;
-    pub mod writer_log;
 }
 #[cfg(not(all(feature = "bare-metal", not(test))))]
 pub mod cluster {
@@ -107,6 +106,6 @@ pub mod kv {
 
 // The flat paths the kernel and lparhv have used so far.
 pub use hcall::spec as hcall_spec;
-pub use runtime::{cmdline, event, executor, vectors};
-pub use storage::{rootvg_io, writer_log};
+pub use runtime::{cmdline, executor, vectors};
+pub use storage::rootvg_io;
 pub use vios::initiator as vios_initiator;

@@ -15,6 +15,7 @@ use alloc::string::ToString;
 use alloc::sync::Arc;
 use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use proto::event::{keys, names};
 
 /// Start everything the command line asks for.
 pub fn start(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
@@ -85,7 +86,7 @@ fn start_vios_events(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     let server = match hypercall_client::hypercall_abi::Name::new(server) {
         Ok(n) => n,
         Err(_) => {
-            console::event(console::ev("vios_error").field("error", "vios= is not a valid server name"));
+            console::event(console::ev("vios_error").field(keys::ERROR, "vios= is not a valid server name"));
             return;
         }
     };
@@ -116,14 +117,14 @@ fn start_net(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     let ip = match cmdline.get_ipv4("ip") {
         Ok(ip) => ip,
         Err(e) => {
-            console::event(console::ev("net_up").field("ok", 0).field("error", e.to_string()));
+            console::event(console::ev(names::NET_UP).field(keys::OK, 0).field(keys::ERROR, e.to_string()));
             spawn_test(reactor, "net", async { false });
             return;
         }
     };
     let Some((addr, prefix)) = ip else { return };
     let (Some(nic), Some(kick), Some(changed)) = (devices::first_net(), devices::alloc_vector(), devices::alloc_vector()) else {
-        console::event(console::ev("net_up").field("ok", 0).field("error", "no virtio-net device"));
+        console::event(console::ev(names::NET_UP).field(keys::OK, 0).field(keys::ERROR, "no virtio-net device"));
         spawn_test(reactor, "net", async { false });
         return;
     };
@@ -132,7 +133,7 @@ fn start_net(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
     let mac = stack.mac();
     reactor.spawn("net", stack.clone().run());
     console::event(
-        console::ev("net_up")
+        console::ev(names::NET_UP)
             .field("ip", format_args!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]))
             .field("mac", format_args!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])),
     );
@@ -162,7 +163,7 @@ fn start_net(cmdline: &Cmdline, reactor: &Arc<Reactor>) {
                 }
                 _ => {
                     log::error!("net_role=client needs peer=<a.b.c.d> and count=<n>");
-                    console::event(console::ev("net_udp").field("ok", 0).field("error", "bad peer= or count="));
+                    console::event(console::ev(names::NET_UDP).field(keys::OK, 0).field(keys::ERROR, "bad peer= or count="));
                     spawn_test(reactor, "net_client", async { false });
                 }
             }

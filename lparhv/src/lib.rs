@@ -7,7 +7,6 @@
 //! - `config`: the TOML description of a managed system.
 //! - `owner`: the owner role of grant / accept / return / rescind: grant
 //!   table, cookies, per-partition logical-to-physical tables, durable state.
-//! - `pattern`: the disk test pattern shared with the guest.
 //! - `state`: the system state behind one lock (the owner table's
 //!   operations, sessions, event log, views) and the state directory's paths.
 //! - `machine`: QEMU command lines, detached QEMU processes, QMP, consoles,
@@ -33,11 +32,11 @@ pub mod hcall;
 pub mod lab;
 pub mod machine;
 pub mod owner;
-pub mod pattern;
 pub mod power;
 pub mod slots;
 pub mod state;
 pub mod storage;
 pub mod supervisor;
 
-pub use lparos_kernel::event::{parse as parse_event, Event};
+/// The guest's console event lines (the format is `proto::event`).
+pub use proto::event::{keys, names, parse as parse_event, Event};

@@ -8,7 +8,7 @@ mod support;
 use support::image::{kernel, scratch, skipped};
 
 use lparhv::machine::qemu::{self, Accel, AccelChoice, Disk, Guest, GuestExit, GuestSpec};
-use lparhv::pattern;
+use proto::pattern;
 use std::time::Duration;
 use tempfile::TempDir;
 

@@ -8,7 +8,7 @@ use support::image::{scratch, spec};
 
 use lparhv::machine::qemu::{Disk, Guest, GuestExit, Nic};
 use lparhv::machine::vswitch::VSwitch;
-use lparhv::pattern;
+use proto::pattern;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;

@@ -54,7 +54,7 @@ fn qemu_share_read_by_host_and_second_client_then_normal_rescind() {
     // lparhv reads the region file: the guest's bytes, all of them.
     let file = sys.config.state_dir.join("mem/shm0.mem");
     let bytes = std::fs::read(&file).unwrap();
-    let want = lparhv::pattern::pattern_bytes(11, (REGION / 512) as u64);
+    let want = proto::pattern::pattern_bytes(11, (REGION / 512) as u64);
     assert_eq!(bytes.len(), REGION);
     assert!(bytes == want, "region file differs from the pattern");
 

@@ -10,7 +10,7 @@ use support::image::{kernel, scratch};
 
 use hypercall_abi::{answer_hello, Cookie, Decoder, Event, Message, Name, Request, Response, ReturnCode, MAX_FRAME, SYNC_PREAMBLE_LEN};
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
-use lparhv::pattern;
+use proto::pattern;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -329,7 +329,7 @@ fn qemu_guest_shares_memory_and_survives_a_forced_rescind() {
     let session_events: Vec<String> = g
         .console()
         .into_iter()
-        .filter_map(|l| lparos_kernel::event::parse(&l.text))
+        .filter_map(|l| proto::event::parse(&l.text))
         .filter(|e| e.name == "hcall_up" || (e.name == "hcall_error" && e.get("what") == Some("session_lost")))
         .map(|e| format!("{e:?}"))
         .collect();

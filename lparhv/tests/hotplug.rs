@@ -10,8 +10,8 @@ use support::image::{kernel, scratch};
 
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec, Machine};
 use lparhv::machine::qmp::Qmp;
-use lparhv::pattern;
 use lparhv::Event;
+use proto::pattern;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;

@@ -531,7 +531,7 @@ share = [ {{ from = "owner", to = ["lpar1", "lpar2"] }} ]
     assert!(u64::from_str_radix(m1.get("laddr").unwrap(), 16).unwrap() >= 1 << 40, "{m1:?}");
     let file = std::fs::read(sys.config.state_dir.join("mem/shm0.mem")).unwrap();
     let mut want = vec![0u8; 65536];
-    lparos_kernel::hcall_spec::fill_pattern(seed, 0, &mut want);
+    proto::pattern::fill_pattern(seed, 0, &mut want);
     assert!(file == want, "the region file does not hold lpar1's stores");
     // The device exists only in the two clients' QEMUs.
     let has_ivshmem = |p: &str| {

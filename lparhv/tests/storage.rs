@@ -7,7 +7,7 @@ use lparhv::lab::{GuestPlan, Lab, LabSpec};
 use lparhv::machine::qemu::GuestExit;
 use lparhv::storage::pause::PauseLimits;
 use lparhv::storage::vios;
-use lparos_kernel::writer_log;
+use proto::writer_log;
 use std::time::{Duration, Instant};
 use support::events::{events_named, num};
 use support::image::{accel, kernel, scratch};
@@ -165,7 +165,7 @@ fn qemu_power_button_ends_the_writer_with_its_acknowledgement_high_water_mark() 
 /// Write records `1..=upto` of writer `seed` to LV `data` of `image`, as the
 /// guest's writer does; returns the LV's size in records.
 fn write_log_on_host(image: &std::path::Path, seed: u64, seqs: std::ops::RangeInclusive<u64>) -> u64 {
-    use lparos_kernel::writer_log::{self, RECORD_SIZE};
+    use proto::writer_log::{self, RECORD_SIZE};
     use rootvg::BlockDevice;
     let mut dev = rootvg::host::FileDevice::open(image, true).unwrap();
     let vg = rootvg::VolumeGroup::activate(&mut dev).unwrap();

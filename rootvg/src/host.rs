@@ -16,6 +16,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
 
+use proto::num::SizeError;
 use serde::{Deserialize, Serialize};
 
 use crate::activate::{choose, read_label, Slot};
@@ -83,21 +84,14 @@ impl Size {
     }
 }
 
-/// Parse `"<n>[K|KiB|M|MiB|G|GiB|T|TiB|B]"` (case-insensitive, spaces allowed).
+/// Parse `"<n>[K|KiB|M|MiB|G|GiB|T|TiB|B]"` (case-insensitive, spaces
+/// allowed): `proto::num::parse_size` with this tool's messages.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {:?}", s))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        _ => return Err(format!("bad size unit in {:?} (use KiB, MiB, GiB, TiB)", s)),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("size {:?} overflows", s))
+    proto::num::parse_size(s).map_err(|e| match e {
+        SizeError::BadNumber => format!("bad size {s:?}"),
+        SizeError::BadUnit => format!("bad size unit in {s:?} (use KiB, MiB, GiB, TiB)"),
+        SizeError::Overflow => format!("size {s:?} overflows"),
+    })
 }
 
 /// One LV in a spec.

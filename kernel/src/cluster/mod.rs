@@ -38,10 +38,11 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use cluster_agent::{Action, Agent, Config, Notice, Role};
-use drivers::pattern::{fill_sector, sector_matches, SECTOR};
 use drivers::pci::DeviceFunction;
 use hypercall_client::hypercall_abi::{Event, ReturnCode};
 use hypercall_client::Call;
+use proto::event::{keys, names};
+use proto::pattern::{fill_sector, sector_matches, SECTOR};
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 
@@ -70,7 +71,7 @@ pub async fn run(stack: Arc<NetStack>, reactor: Arc<Reactor>, args: ClusterArgs,
     let sock = match stack.add_udp(HEARTBEAT_PORT) {
         Ok(s) => s,
         Err(e) => {
-            console::event(ev("cluster_error").field("error", alloc::format!("heartbeat socket: {e}")));
+            console::event(ev("cluster_error").field(keys::ERROR, alloc::format!("heartbeat socket: {e}")));
             return;
         }
     };
@@ -257,7 +258,7 @@ async fn perform(
         Ok(_) => true,
         Err(e) => action == Action::DeactPeer && e.is(ReturnCode::NotActive),
     };
-    let mut line = ev("cluster_action").field("action", &what).field("ok", ok as u8).field("ms", ms);
+    let mut line = ev(names::CLUSTER_ACTION).field("action", &what).field(keys::OK, ok as u8).field("ms", ms);
     if let Err(e) = &result {
         line = line.field("rc", e.rc());
     }
@@ -285,7 +286,7 @@ async fn service_task(reactor: Arc<Reactor>, port: (u8, u8)) {
     let mut record = [0u8; SECTOR];
     loop {
         if next >= disk.capacity() {
-            console::event(ev("service_full").field("seq", next - 1));
+            console::event(ev("service_full").field(keys::SEQ, next - 1));
             return;
         }
         fill_sector(SERVICE_SEED, next, &mut record);
@@ -298,11 +299,11 @@ async fn service_task(reactor: Arc<Reactor>, port: (u8, u8)) {
             Ok(()) => {
                 // Every flushed record is acknowledged on the console, so
                 // the last ack a partition printed before it died is known.
-                console::event(ev("service_ack").field("seq", next));
+                console::event(ev(names::SERVICE_ACK).field(keys::SEQ, next));
                 next += 1;
             }
             Err(e) => {
-                console::event(ev("service_error").field("seq", next).field("error", alloc::format!("{e}")));
+                console::event(ev("service_error").field(keys::SEQ, next).field(keys::ERROR, alloc::format!("{e}")));
                 return;
             }
         }
@@ -316,7 +317,7 @@ async fn resume_point(disk: &BlockDevice) -> Option<u64> {
     let mut s = 1;
     while s < disk.capacity() {
         if let Err(e) = disk.read(s, &mut buf).await {
-            console::event(ev("service_error").field("seq", s).field("error", alloc::format!("{e}")));
+            console::event(ev("service_error").field(keys::SEQ, s).field(keys::ERROR, alloc::format!("{e}")));
             return None;
         }
         if !sector_matches(SERVICE_SEED, s, &buf) {

@@ -5,7 +5,7 @@
 //! unmaps it before the device is ejected.
 //!
 //! `ivshmem_test=write:<seed>`: accept the first grant, wait for its device,
-//! map it, store the grant pattern (`hcall_spec::fill_pattern`) with CPU
+//! map it, store the grant pattern (`proto::pattern::fill_pattern`) with CPU
 //! stores, read it back: `@ev ivshmem_write ok=.. laddr=.. len=.. bdf=..`.
 //! `ivshmem_test=read:<seed>`: same, then load until the whole range holds
 //! the pattern (another partition writes it; at most 30 s):
@@ -16,7 +16,6 @@ use crate::executor::{timeout, Reactor};
 use crate::hal::hw::MmioWindow;
 use crate::hal::mm;
 use crate::hcall;
-use crate::hcall_spec::fill_pattern;
 use crate::runtime::console::{ev, event};
 use alloc::format;
 use alloc::string::String;
@@ -25,6 +24,7 @@ use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction};
 use hypercall_client::hypercall_abi::Event;
 use hypercall_client::Placement;
+use proto::pattern::fill_pattern;
 use spin::Mutex;
 
 pub const VENDOR: u16 = 0x1af4;

@@ -25,6 +25,7 @@ use core::pin::pin;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Cookie, Event, Name, SlotState};
 use hypercall_client::{BoundedQueue, Call, CallError, Client, Handle, Mapping, Notice, Placement, Reply, SessionState};
+use proto::event::{keys, names};
 use spin::{Mutex, Once};
 
 /// Time limit of one call unless the caller says otherwise.
@@ -70,7 +71,7 @@ static SERVICE: Once<Arc<Service>> = Once::new();
 fn boot_nonce() -> u64 {
     let tsc = crate::hal::cpu::rdtsc();
     let r = crate::hal::cpu::random_u64().unwrap_or(0);
-    drivers::pattern::splitmix64(r ^ tsc.rotate_left(32) ^ crate::hal::time::now_ns())
+    proto::pattern::splitmix64(r ^ tsc.rotate_left(32) ^ crate::hal::time::now_ns())
 }
 
 /// Start the service on the first virtio console. Returns an error text
@@ -223,7 +224,7 @@ impl Service {
     fn error(&self, what: &str, detail: &str) {
         let n = self.errors.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
         if n <= MAX_ERROR_LINES || n.is_power_of_two() {
-            event(ev("hcall_error").field("what", what).field("detail", detail).field("count", n));
+            event(ev("hcall_error").field("what", what).field("detail", detail).field(keys::COUNT, n));
         }
     }
 
@@ -234,7 +235,7 @@ impl Service {
                 let nonce = self.client.lock().nonce();
                 log::info!("hcall: session up, ABI v{version}, host session {host_session:016x}");
                 event(
-                    ev("hcall_up")
+                    ev(names::HCALL_UP)
                         .field("version", version)
                         .field("session", format_args!("{host_session:016x}"))
                         .field("nonce", format_args!("{nonce:016x}"))
@@ -276,10 +277,10 @@ fn hex_cookie(c: &Cookie) -> alloc::string::String {
 fn report_event(e: &Event) {
     let line = match e {
         Event::Granted { cookie, length, from } => {
-            ev("hcall_event").field("kind", "granted").field("cookie", hex_cookie(cookie)).field("len", length).field("from", from)
+            ev("hcall_event").field(keys::KIND, "granted").field("cookie", hex_cookie(cookie)).field("len", length).field("from", from)
         }
         Event::Rescinded { cookie, laddr, forced } => {
-            ev("hcall_event").field("kind", "rescinded").field("cookie", hex_cookie(cookie)).field("forced", *forced as u8).field(
+            ev("hcall_event").field(keys::KIND, "rescinded").field("cookie", hex_cookie(cookie)).field("forced", *forced as u8).field(
                 "laddr",
                 match laddr {
                     Some(a) => alloc::format!("{a:x}"),
@@ -287,29 +288,35 @@ fn report_event(e: &Event) {
                 },
             )
         }
-        Event::ReturnRequested { cookie } => ev("hcall_event").field("kind", "return_requested").field("cookie", hex_cookie(cookie)),
+        Event::ReturnRequested { cookie } => ev("hcall_event").field(keys::KIND, "return_requested").field("cookie", hex_cookie(cookie)),
         Event::OwnerFailure { owner, grace_ms } => {
-            ev("hcall_event").field("kind", "owner_failure").field("owner", owner).field("grace_ms", grace_ms)
+            ev("hcall_event").field(keys::KIND, "owner_failure").field("owner", owner).field("grace_ms", grace_ms)
         }
-        Event::Pause { server, pause_id, deadline_ms } => {
-            ev("hcall_event").field("kind", "pause").field("server", server).field("pause_id", pause_id).field("deadline_ms", deadline_ms)
-        }
+        Event::Pause { server, pause_id, deadline_ms } => ev("hcall_event")
+            .field(keys::KIND, "pause")
+            .field("server", server)
+            .field("pause_id", pause_id)
+            .field("deadline_ms", deadline_ms),
         Event::Disconnect { server, pause_id } => {
-            ev("hcall_event").field("kind", "disconnect").field("server", server).field("pause_id", pause_id)
+            ev("hcall_event").field(keys::KIND, "disconnect").field("server", server).field("pause_id", pause_id)
         }
         Event::Connect { server, pause_id } => {
-            ev("hcall_event").field("kind", "connect").field("server", server).field("pause_id", pause_id)
+            ev("hcall_event").field(keys::KIND, "connect").field("server", server).field("pause_id", pause_id)
         }
-        Event::Resume { server, pause_id } => ev("hcall_event").field("kind", "resume").field("server", server).field("pause_id", pause_id),
+        Event::Resume { server, pause_id } => {
+            ev("hcall_event").field(keys::KIND, "resume").field("server", server).field("pause_id", pause_id)
+        }
         Event::Frozen { server, cause, host_time_ns } => ev("hcall_event")
-            .field("kind", "frozen")
+            .field(keys::KIND, "frozen")
             .field("server", server)
             .field("cause", cause.bits())
             .field("host_time_ns", host_time_ns),
-        Event::Thawed { server, cause, duration_ms, .. } => {
-            ev("hcall_event").field("kind", "thawed").field("server", server).field("cause", cause.bits()).field("duration_ms", duration_ms)
-        }
-        Event::Slot { slot, state } => ev("hcall_event").field("kind", "slot").field("slot", slot).field(
+        Event::Thawed { server, cause, duration_ms, .. } => ev("hcall_event")
+            .field(keys::KIND, "thawed")
+            .field("server", server)
+            .field("cause", cause.bits())
+            .field("duration_ms", duration_ms),
+        Event::Slot { slot, state } => ev("hcall_event").field(keys::KIND, "slot").field("slot", slot).field(
             "state",
             match state {
                 SlotState::Added => "added",

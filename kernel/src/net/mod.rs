@@ -19,6 +19,7 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::Poll;
 use drivers::virtio;
+use proto::event::{keys, names};
 use smoltcp::iface::{Config, Context, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, udp};
@@ -277,7 +278,7 @@ fn datagram(seq: u32) -> [u8; 64] {
     d[..4].copy_from_slice(&seq.to_le_bytes());
     d[4..8].copy_from_slice(b"LPRS");
     for (i, b) in d[8..].iter_mut().enumerate() {
-        *b = drivers::pattern::stream_byte(seq as u64, i as u64);
+        *b = proto::pattern::stream_byte(seq as u64, i as u64);
     }
     d
 }
@@ -345,8 +346,8 @@ pub async fn client(stack: Arc<NetStack>, peer: [u8; 4], count: u32) -> bool {
     let received = rtts.len() as u32;
     let udp_ok = found && received == count;
     crate::runtime::console::event(
-        crate::runtime::console::ev("net_udp")
-            .field("ok", udp_ok as u8)
+        crate::runtime::console::ev(names::NET_UDP)
+            .field(keys::OK, udp_ok as u8)
             .field("sent", count)
             .field("received", received)
             .field("rtt_us_p50", rtts.get(rtts.len() / 2).copied().unwrap_or(0))
@@ -359,7 +360,7 @@ pub async fn client(stack: Arc<NetStack>, peer: [u8; 4], count: u32) -> bool {
     let (tcp_ok, echoed) = if found { tcp_exchange(&stack, peer_ip, total).await } else { (false, 0) };
     let elapsed_us = (reactor.now_ns() - start) / 1000;
     crate::runtime::console::event(
-        crate::runtime::console::ev("net_tcp").field("ok", tcp_ok as u8).field("bytes", echoed).field("elapsed_us", elapsed_us),
+        crate::runtime::console::ev(names::NET_TCP).field(keys::OK, tcp_ok as u8).field("bytes", echoed).field("elapsed_us", elapsed_us),
     );
     udp_ok && tcp_ok
 }
@@ -386,7 +387,7 @@ async fn tcp_exchange(stack: &NetStack, peer: Ipv4Address, total: u64) -> (bool,
             while sent < total && s.can_send() {
                 let n = (total - sent).min(chunk.len() as u64) as usize;
                 for (i, b) in chunk[..n].iter_mut().enumerate() {
-                    *b = drivers::pattern::stream_byte(SEED, sent + i as u64);
+                    *b = proto::pattern::stream_byte(SEED, sent + i as u64);
                 }
                 match s.send_slice(&chunk[..n]) {
                     Ok(0) | Err(_) => break,
@@ -399,7 +400,7 @@ async fn tcp_exchange(stack: &NetStack, peer: Ipv4Address, total: u64) -> (bool,
                     break;
                 }
                 for (i, b) in chunk[..n].iter().enumerate() {
-                    if *b != drivers::pattern::stream_byte(SEED, received + i as u64) {
+                    if *b != proto::pattern::stream_byte(SEED, received + i as u64) {
                         ok = false;
                     }
                 }

@@ -30,6 +30,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use drivers::pci::{Bdf, DeviceFunction, DeviceKind};
 use drivers::pcihp::{self, reg, BselEntry};
+use proto::event::{keys, names};
 use spin::{Mutex, Once};
 
 type AddListener = Box<dyn Fn(Arc<BlockDevice>) + Send + Sync>;
@@ -114,7 +115,7 @@ pub fn init(reactor: &Arc<Reactor>) -> Result<(), String> {
     reactor.spawn("hotplug", task());
     let s = devices::stats();
     event(
-        ev("hotplug_ready")
+        ev(names::HOTPLUG_READY)
             .field("base", format_args!("{base:#x}"))
             .field("buses", map.join(","))
             .field("heap_used", s.heap_used)
@@ -203,7 +204,7 @@ async fn bring_up(a: devices::Added) {
     let bdf = Bdf(a.bdf);
     let kind = a.kind.name();
     if a.kind != DeviceKind::Blk || !a.bound {
-        event(ev("hotplug_add").field("bdf", bdf).field("kind", kind).field("bound", a.bound as u8));
+        event(ev(names::HOTPLUG_ADD).field("bdf", bdf).field(keys::KIND, kind).field("bound", a.bound as u8));
         return;
     }
     let Some(disk) = devices::blk(a.bdf) else { return };
@@ -211,7 +212,7 @@ async fn bring_up(a: devices::Added) {
     let deadline = hp.reactor.now_ns() + BRING_UP_TIMEOUT_NS;
     match timeout(&hp.reactor, deadline, disk.read(0, &mut sector0)).await {
         Ok(Ok(())) => {
-            event(ev("hotplug_add").field("bdf", bdf).field("kind", kind).field("sectors", disk.capacity()));
+            event(ev(names::HOTPLUG_ADD).field("bdf", bdf).field(keys::KIND, kind).field("sectors", disk.capacity()));
             for l in hp.listeners.lock().iter() {
                 l(disk.clone());
             }
@@ -238,7 +239,7 @@ async fn remove(bsel: u32, bus: u8, slot: u8, reason: &'static str) {
         if let Err(e) = devices::release(*f).await {
             // The driver is still live: ejecting now would pull the device
             // out from under it. Leave the request pending.
-            event(ev("hotplug_remove").field("bdf", Bdf(*f)).field("reason", reason).field("ok", 0).field("error", e));
+            event(ev(names::HOTPLUG_REMOVE).field("bdf", Bdf(*f)).field("reason", reason).field(keys::OK, 0).field(keys::ERROR, e));
             hp.removing.lock().remove(&(bus, slot));
             return;
         }
@@ -249,14 +250,14 @@ async fn remove(bsel: u32, bus: u8, slot: u8, reason: &'static str) {
     // and free its BAR space.
     devices::probe();
     let still_there = devices::config_read(DeviceFunction { bus, device: slot, function: 0 }, 0) as u16 != 0xffff;
-    let mut e = ev("hotplug_remove").field("bdf", bdf).field("reason", reason);
+    let mut e = ev(names::HOTPLUG_REMOVE).field("bdf", bdf).field("reason", reason);
     if still_there {
-        e = e.field("ok", 0).field("error", "device still present after eject");
+        e = e.field(keys::OK, 0).field(keys::ERROR, "device still present after eject");
     } else {
-        e = e.field("ok", 1);
+        e = e.field(keys::OK, 1);
     }
     event(e);
     let s = devices::stats();
-    event(ev("hotplug_stats").field("heap_used", s.heap_used).field("vectors_free", s.vectors_free).field("bar_free", s.bar_free));
+    event(ev(names::HOTPLUG_STATS).field("heap_used", s.heap_used).field("vectors_free", s.vectors_free).field("bar_free", s.bar_free));
     hp.removing.lock().remove(&(bus, slot));
 }

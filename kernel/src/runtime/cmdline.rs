@@ -4,6 +4,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use proto::num::parse_u64;
 
 /// Longest command line accepted (QEMU limits it too).
 pub const MAX_CMDLINE: usize = 4096;
@@ -71,11 +72,7 @@ impl Cmdline {
     /// Parse the value of `key` as an unsigned integer (decimal or 0x hex).
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, CmdlineError> {
         let Some(v) = self.get(key) else { return Ok(None) };
-        let parsed = match v.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => v.parse(),
-        };
-        parsed.map(Some).map_err(|_| CmdlineError::BadValue { key: key.into(), value: v.into(), expected: "an unsigned integer" })
+        parse_u64(v).map(Some).map_err(|_| CmdlineError::BadValue { key: key.into(), value: v.into(), expected: "an unsigned integer" })
     }
 
     /// Parse the value of `key` as a dotted IPv4 address with an optional

@@ -1,11 +1,11 @@
 //! The console: human-readable log lines (the `log` backend) and
 //! machine-readable event lines (`@ev ...`, see docs/events.md) on COM1.
 
-use crate::event::EventLine;
 use crate::hal::console as serial;
 use crate::hal::cpu;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, Ordering};
+use proto::event::EventLine;
 static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// A line buffer on the stack: one console write per line.

@@ -1,13 +1,13 @@
 //! The runtime the services run on. The pure parts (executor, timers,
-//! command line, event lines, vector allocation) are in the library crate
+//! command line, vector allocation) are in the library crate
 //! and unit-tested on the host (`lib.rs` declares them from this folder);
 //! the bare-metal side adds the serial console and the boot stage record.
+//! The event-line format the console prints is `proto::event`.
 
 pub mod boot;
 pub mod boot_stages;
 pub mod cmdline;
 pub mod console;
-pub mod event;
 pub mod executor;
 pub mod vectors;
 

@@ -9,11 +9,12 @@ use crate::devices::{self, BlockDevice};
 use crate::executor::Reactor;
 use crate::rootvg_io::{self, AsyncBlockDevice, AsyncLv};
 use crate::runtime::console::{ev, event};
-use crate::writer_log::{self, RECORD_SIZE};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use drivers::virtio;
+use proto::event::{keys, names};
+use proto::writer_log::{self, RECORD_SIZE};
 use rootvg::{IoError, VolumeGroup};
 use spin::{Mutex, Once};
 
@@ -105,7 +106,7 @@ pub async fn bring_up() -> Option<Arc<RootVg>> {
         }
         Err(e) => {
             log::error!("rootvg: {e}");
-            event(ev("rootvg_error").field("error", e));
+            event(ev("rootvg_error").field(keys::ERROR, e));
             None
         }
     }
@@ -119,9 +120,9 @@ async fn reverify(r: &RootVg) -> bool {
         Ok(()) => {
             let generation = vg.generation();
             *r.vg.lock() = vg;
-            event(ev("rootvg_reverify").field("ok", 1).field("generation", generation));
+            event(ev("rootvg_reverify").field(keys::OK, 1).field("generation", generation));
         }
-        Err(e) => event(ev("rootvg_reverify").field("ok", 0).field("error", format!("{e}"))),
+        Err(e) => event(ev("rootvg_reverify").field(keys::OK, 0).field(keys::ERROR, format!("{e}"))),
     }
     result.is_ok()
 }
@@ -153,8 +154,8 @@ static LIVE_TALLY: Mutex<Option<Tally>> = Mutex::new(None);
 impl Tally {
     fn report(&self, cancelled: bool) {
         event(
-            ev("io_done")
-                .field("acked", self.acked)
+            ev(names::IO_DONE)
+                .field(keys::ACKED, self.acked)
                 .field("errors", self.errors)
                 .field("retries", self.retries)
                 .field("max_ack_us", self.max_ack_us)
@@ -188,7 +189,7 @@ pub fn writer_stopped() {
 }
 
 /// `vios_test=writer:<seed>`: continuous checked writes to LV `data`
-/// (record format: `crate::writer_log`). Returns whether no write
+/// (record format: `proto::writer_log`). Returns whether no write
 /// failed.
 ///
 /// Each record is timed twice: `us` from submission to acknowledgement
@@ -201,17 +202,29 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
     let seed = match writer_log::parse_writer_spec(&spec) {
         Ok(s) => s,
         Err(e) => {
-            event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", format!("vios_test={spec}: {e}")));
+            event(
+                ev(names::IO_DONE)
+                    .field(keys::ACKED, 0)
+                    .field("errors", 0)
+                    .field("retries", 0)
+                    .field(keys::ERROR, format!("vios_test={spec}: {e}")),
+            );
             return false;
         }
     };
     let Some(r) = bring_up().await else {
-        event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", "no rootvg"));
+        event(ev(names::IO_DONE).field(keys::ACKED, 0).field("errors", 0).field("retries", 0).field(keys::ERROR, "no rootvg"));
         return false;
     };
     let blocks = r.data.size_bytes() / RECORD_SIZE as u64;
     if blocks == 0 {
-        event(ev("io_done").field("acked", 0).field("errors", 0).field("retries", 0).field("error", "LV data smaller than one record"));
+        event(
+            ev(names::IO_DONE)
+                .field(keys::ACKED, 0)
+                .field("errors", 0)
+                .field("retries", 0)
+                .field(keys::ERROR, "LV data smaller than one record"),
+        );
         return false;
     }
     event(ev("io_start").field("seed", seed).field("blocks", blocks).field("stop_after", stop_after.unwrap_or(0)));
@@ -225,7 +238,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
         // the VG before trusting it further.
         if crate::vios::events::take_reverify() {
             let ok = reverify(&r).await;
-            event(ev("rootvg_reverified").field("ok", ok as u8).field("why", "thawed"));
+            event(ev("rootvg_reverified").field(keys::OK, ok as u8).field("why", "thawed"));
             if !ok {
                 t.gave_up = true;
                 break;
@@ -248,7 +261,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
                 Err(e) => {
                     t.errors += 1;
                     t.publish();
-                    event(ev("io_error").field("seq", seq).field("attempt", attempt).field("error", io_error_text(&e)));
+                    event(ev(names::IO_ERROR).field(keys::SEQ, seq).field("attempt", attempt).field(keys::ERROR, io_error_text(&e)));
                     attempt += 1;
                     if attempt > writer_log::MAX_RETRIES {
                         t.gave_up = true;
@@ -257,7 +270,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
                     t.retries += 1;
                     t.publish();
                     let delay = writer_log::backoff_ms(attempt);
-                    event(ev("io_retry").field("seq", seq).field("attempt", attempt).field("delay_ms", delay));
+                    event(ev("io_retry").field(keys::SEQ, seq).field("attempt", attempt).field("delay_ms", delay));
                     reactor.sleep_ms(delay).await;
                 }
             }
@@ -272,7 +285,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
         t.acked += 1;
         t.publish();
         if took_us > SLOW_US {
-            event(ev("io_slow").field("seq", seq).field("us", took_us).field("held_us", held_us).field("attempts", attempt + 1));
+            event(ev("io_slow").field(keys::SEQ, seq).field("us", took_us).field("held_us", held_us).field("attempts", attempt + 1));
         }
         if attempt > 0 {
             // The disk was away: check the VG is still the one we activated
@@ -283,7 +296,12 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
             }
         }
         if t.acked.is_multiple_of(ACK_EVERY) {
-            event(ev("io_ack").field("seq", seq).field("acked", t.acked).field("max_held_us", core::mem::take(&mut window_max_held_us)));
+            event(
+                ev(names::IO_ACK)
+                    .field(keys::SEQ, seq)
+                    .field(keys::ACKED, t.acked)
+                    .field(keys::MAX_HELD_US, core::mem::take(&mut window_max_held_us)),
+            );
         }
         seq += 1;
     }
@@ -297,7 +315,7 @@ pub async fn writer(spec: String, stop_after: Option<u64>, reactor: Arc<Reactor>
 /// kind; the guest exits when done.
 pub async fn bench(reactor: Arc<Reactor>) -> bool {
     let Some(r) = bring_up().await else {
-        event(ev("vios_bench").field("error", "no rootvg"));
+        event(ev(names::VIOS_BENCH).field(keys::ERROR, "no rootvg"));
         return false;
     };
     const RANDOM_OPS: u64 = 2000;
@@ -305,31 +323,31 @@ pub async fn bench(reactor: Arc<Reactor>) -> bool {
     const SEQ_CHUNK: usize = 64 * 1024;
     let blocks = r.data.size_bytes() / 4096;
     if blocks == 0 || r.data.size_bytes() < SEQ_BYTES {
-        event(ev("vios_bench").field("error", "LV data too small"));
+        event(ev(names::VIOS_BENCH).field(keys::ERROR, "LV data too small"));
         return false;
     }
     let mut buf = alloc::vec![0u8; SEQ_CHUNK];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next_block = || {
-        x = drivers::pattern::splitmix64(x);
+        x = proto::pattern::splitmix64(x);
         x % blocks
     };
     let report = |kind: &str, ops: u64, bytes: u64, ns: u64| {
         let ns = ns.max(1);
         event(
-            ev("vios_bench")
-                .field("kind", kind)
+            ev(names::VIOS_BENCH)
+                .field(keys::KIND, kind)
                 .field("ops", ops)
                 .field("us", ns / 1000)
-                .field("iops", ops * 1_000_000_000 / ns)
-                .field("kib_s", bytes * 1_000_000_000 / 1024 / ns),
+                .field(keys::IOPS, ops * 1_000_000_000 / ns)
+                .field(keys::KIB_S, bytes * 1_000_000_000 / 1024 / ns),
         );
     };
     let t = reactor.now_ns();
     for i in 0..RANDOM_OPS {
         buf[..8].copy_from_slice(&i.to_le_bytes());
         if r.data.write_at(next_block() * 4096, &buf[..4096]).await.is_err() {
-            event(ev("vios_bench").field("error", "random write failed"));
+            event(ev(names::VIOS_BENCH).field(keys::ERROR, "random write failed"));
             return false;
         }
     }
@@ -338,7 +356,7 @@ pub async fn bench(reactor: Arc<Reactor>) -> bool {
     let t = reactor.now_ns();
     for _ in 0..RANDOM_OPS {
         if r.data.read_at(next_block() * 4096, &mut buf[..4096]).await.is_err() {
-            event(ev("vios_bench").field("error", "random read failed"));
+            event(ev(names::VIOS_BENCH).field(keys::ERROR, "random read failed"));
             return false;
         }
     }
@@ -347,7 +365,7 @@ pub async fn bench(reactor: Arc<Reactor>) -> bool {
     let t = reactor.now_ns();
     for c in 0..chunks {
         if r.data.write_at(c * SEQ_CHUNK as u64, &buf).await.is_err() {
-            event(ev("vios_bench").field("error", "sequential write failed"));
+            event(ev(names::VIOS_BENCH).field(keys::ERROR, "sequential write failed"));
             return false;
         }
     }
@@ -356,11 +374,11 @@ pub async fn bench(reactor: Arc<Reactor>) -> bool {
     let t = reactor.now_ns();
     for c in 0..chunks {
         if r.data.read_at(c * SEQ_CHUNK as u64, &mut buf).await.is_err() {
-            event(ev("vios_bench").field("error", "sequential read failed"));
+            event(ev(names::VIOS_BENCH).field(keys::ERROR, "sequential read failed"));
             return false;
         }
     }
     report("seqread_64k", chunks, SEQ_BYTES, reactor.now_ns() - t);
-    event(ev("vios_bench").field("kind", "done").field("flushed", flushed as u8));
+    event(ev(names::VIOS_BENCH).field(keys::KIND, "done").field("flushed", flushed as u8));
     flushed
 }

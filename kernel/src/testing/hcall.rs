@@ -3,7 +3,7 @@
 
 use crate::executor::{timeout, Reactor};
 use crate::hcall;
-use crate::hcall_spec::{fill_pattern, pattern_mismatches, percentile, HcallTest};
+use crate::hcall_spec::{percentile, HcallTest};
 use crate::runtime::console::{ev, event};
 use alloc::format;
 use alloc::string::String;
@@ -13,6 +13,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_client::hypercall_abi::{Event, MAX_DATA};
 use hypercall_client::{Mapping, Placement};
+use proto::event::{keys, names};
+use proto::pattern::{fill_pattern, pattern_mismatches};
 
 /// Time limit of one poll COPY (a COPY lost with a dying lparhv fails
 /// after this, and the next poll goes to the restarted one).
@@ -57,10 +59,14 @@ pub async fn echo(count: u32, reactor: Arc<Reactor>) -> bool {
     let p50 = percentile(&mut samples, 50);
     let p99 = percentile(&mut samples, 99);
     let max = samples.last().copied().unwrap_or(0);
-    let mut line =
-        ev("hcall_echo").field("ok", ok as u8).field("count", done).field("p50_us", p50).field("p99_us", p99).field("max_us", max);
+    let mut line = ev(names::HCALL_ECHO)
+        .field(keys::OK, ok as u8)
+        .field(keys::COUNT, done)
+        .field(keys::P50_US, p50)
+        .field(keys::P99_US, p99)
+        .field(keys::MAX_US, max);
     if !ok {
-        line = line.field("error", error);
+        line = line.field(keys::ERROR, error);
     }
     event(line);
     ok
@@ -74,7 +80,7 @@ pub async fn cycle(count: u32, reactor: Arc<Reactor>) -> bool {
     let sub = match hcall::subscribe() {
         Ok(s) => s,
         Err(e) => {
-            event(ev("hcall_cycle").field("ok", 0).field("error", format!("{e}")));
+            event(ev(names::HCALL_CYCLE).field(keys::OK, 0).field(keys::ERROR, format!("{e}")));
             return false;
         }
     };
@@ -82,7 +88,7 @@ pub async fn cycle(count: u32, reactor: Arc<Reactor>) -> bool {
     let cookie = loop {
         match timeout(&reactor, deadline, sub.next()).await {
             Err(_) => {
-                event(ev("hcall_cycle").field("ok", 0).field("error", "no GRANTED event within 30 s"));
+                event(ev(names::HCALL_CYCLE).field(keys::OK, 0).field(keys::ERROR, "no GRANTED event within 30 s"));
                 return false;
             }
             Ok(Event::Granted { cookie, .. }) => break cookie,
@@ -113,15 +119,15 @@ pub async fn cycle(count: u32, reactor: Arc<Reactor>) -> bool {
     let per_s = (done * 1_000_000).checked_div(total_us).unwrap_or(0);
     let p50 = percentile(&mut samples, 50);
     let p99 = percentile(&mut samples, 99);
-    let mut line = ev("hcall_cycle")
-        .field("ok", ok as u8)
-        .field("count", done)
-        .field("total_us", total_us)
+    let mut line = ev(names::HCALL_CYCLE)
+        .field(keys::OK, ok as u8)
+        .field(keys::COUNT, done)
+        .field(keys::TOTAL_US, total_us)
         .field("per_s", per_s)
-        .field("p50_us", p50)
-        .field("p99_us", p99);
+        .field(keys::P50_US, p50)
+        .field(keys::P99_US, p99);
     if !ok {
-        line = line.field("error", error);
+        line = line.field(keys::ERROR, error);
     }
     event(line);
     ok
@@ -156,21 +162,21 @@ pub async fn share(test: HcallTest, return_after_ms: Option<u64>, poll_ms: Optio
     let sub = match hcall::subscribe() {
         Ok(s) => s,
         Err(e) => {
-            event(ev(name).field("ok", 0).field("error", format!("{e}")));
+            event(ev(name).field(keys::OK, 0).field(keys::ERROR, format!("{e}")));
             return false;
         }
     };
     let mapping = match accept_first_grant(&sub, &reactor, name).await {
         Ok(m) => m,
         Err(e) => {
-            event(ev(name).field("ok", 0).field("error", e));
+            event(ev(name).field(keys::OK, 0).field(keys::ERROR, e));
             return false;
         }
     };
     let len = mapping.len.min(SHARE_BYTES);
     let result = if write { write_and_verify(mapping.laddr, len, seed).await } else { verify(mapping.laddr, len, seed).await };
     let ok = matches!(result, Ok(0));
-    let mut line = ev(name).field("ok", ok as u8);
+    let mut line = ev(name).field(keys::OK, ok as u8);
     if !write {
         line = line.field("mismatches", result.as_ref().copied().unwrap_or(len));
     }
@@ -180,7 +186,7 @@ pub async fn share(test: HcallTest, return_after_ms: Option<u64>, poll_ms: Optio
         .field("len", len)
         .field("seed", seed);
     if let Err(e) = &result {
-        line = line.field("error", e);
+        line = line.field(keys::ERROR, e);
     }
     event(line);
     if !ok {
@@ -317,7 +323,7 @@ async fn watch(
                         count += 1;
                     }
                 }
-                event(ev("owner_failure_returned").field("count", count).field("owner", owner));
+                event(ev("owner_failure_returned").field(keys::COUNT, count).field("owner", owner));
             }
             Some(_) => {}
         }

@@ -8,7 +8,7 @@ use crate::testing::spec::parse_disk_test;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
-use drivers::pattern::{fill_sector, sector_matches, SECTOR};
+use proto::pattern::{fill_sector, sector_matches, SECTOR};
 
 /// Sectors per disk request batch in the test.
 const BATCH: u64 = 128;

@@ -6,6 +6,7 @@ use alloc::format;
 use alloc::string::String;
 use hypercall_client::hypercall_abi::Name;
 use hypercall_client::Call;
+use proto::num::parse_u64;
 
 /// Parse `write:<seed>:<sectors>` / `read:<seed>:<sectors>`.
 pub fn parse_disk_test(spec: &str) -> Result<(bool, u64, u64), String> {
@@ -17,11 +18,7 @@ pub fn parse_disk_test(spec: &str) -> Result<(bool, u64, u64), String> {
     };
     let num = |p: Option<&str>, what: &str| -> Result<u64, String> {
         let p = p.ok_or_else(|| format!("disk_test={spec}: missing {what}"))?;
-        match p.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => p.parse(),
-        }
-        .map_err(|_| format!("disk_test={spec}: bad {what}"))
+        parse_u64(p).map_err(|_| format!("disk_test={spec}: bad {what}"))
     };
     let seed = num(parts.next(), "seed")?;
     let sectors = num(parts.next(), "sector count")?;

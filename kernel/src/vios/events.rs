@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 use core::task::{Poll, Waker};
 use hypercall_client::hypercall_abi::{Event, EventMask, Name};
 use hypercall_client::{Call, Reply};
+use proto::event::{keys, names};
 use spin::Mutex;
 
 /// Period of the freeze ticker (what a clock gap is measured against).
@@ -121,7 +122,7 @@ pub async fn run(s: Settings, reactor: Arc<Reactor>) {
     let sub = match hcall::subscribe() {
         Ok(sub) => sub,
         Err(e) => {
-            event(ev("vios_error").field("server", s.server).field("error", alloc::format!("{e:?} (vios= needs hcall=on)")));
+            event(ev("vios_error").field("server", s.server).field(keys::ERROR, alloc::format!("{e:?} (vios= needs hcall=on)")));
             return;
         }
     };
@@ -129,7 +130,7 @@ pub async fn run(s: Settings, reactor: Arc<Reactor>) {
     if s.register {
         register(&s.server, &reactor).await;
     } else {
-        event(ev("vios_registered").field("server", s.server).field("ok", 0).field("mask", 0).field("why", "vios_register=0"));
+        event(ev(names::VIOS_REGISTERED).field("server", s.server).field(keys::OK, 0).field("mask", 0).field("why", "vios_register=0"));
     }
     let mut init = Initiator::new(s.limits);
     let mut held_since = 0u64;
@@ -176,12 +177,12 @@ pub async fn run(s: Settings, reactor: Arc<Reactor>) {
                         .field("server", s.server)
                         .field("pause_id", pause_id)
                         .field("quiesce_us", (reactor.now_ns().saturating_sub(held_since)) / 1000)
-                        .field("ok", r.is_ok() as u8),
+                        .field(keys::OK, r.is_ok() as u8),
                 );
             }
             Action::Release => {
                 set_gate(false, false);
-                event(ev("vios_resume").field("server", s.server).field("held_ms", now.saturating_sub(held_since) / 1_000_000));
+                event(ev(names::VIOS_RESUME).field("server", s.server).field(keys::HELD_MS, now.saturating_sub(held_since) / 1_000_000));
             }
             Action::Shutdown(reason) => {
                 shutdown(&s.server, reason.as_str(), &reactor).await;
@@ -193,12 +194,14 @@ pub async fn run(s: Settings, reactor: Arc<Reactor>) {
 
 async fn register(server: &Name, reactor: &Arc<Reactor>) {
     if !hcall::wait_up(reactor.now_ns() + 20_000_000_000).await {
-        event(ev("vios_registered").field("server", server).field("ok", 0).field("why", "no hypercall session"));
+        event(ev(names::VIOS_REGISTERED).field("server", server).field(keys::OK, 0).field("why", "no hypercall session"));
         return;
     }
     match hcall::call(Call::RegisterEvents { server: *server, mask: EventMask::ALL }).await {
-        Ok(Reply::Registered(mask)) => event(ev("vios_registered").field("server", server).field("ok", 1).field("mask", mask.bits())),
-        other => event(ev("vios_registered").field("server", server).field("ok", 0).field("why", alloc::format!("{other:?}"))),
+        Ok(Reply::Registered(mask)) => {
+            event(ev(names::VIOS_REGISTERED).field("server", server).field(keys::OK, 1).field("mask", mask.bits()))
+        }
+        other => event(ev(names::VIOS_REGISTERED).field("server", server).field(keys::OK, 0).field("why", alloc::format!("{other:?}"))),
     }
 }
 
@@ -224,12 +227,12 @@ fn on_other_event(e: &Event, server: &Name, reactor: &Arc<Reactor>) {
         };
         GATE.lock().reverify = true;
         event(
-            ev("thawed")
+            ev(names::THAWED)
                 .field("server", s)
-                .field("frozen_ms", duration_ms)
+                .field(keys::FROZEN_MS, duration_ms)
                 .field("host_span_ms", thawed_at_ns.saturating_sub(frozen_at_ns) / 1_000_000)
-                .field("guest_gap_ms", gap_ms)
-                .field("clock", clock)
+                .field(keys::GUEST_GAP_MS, gap_ms)
+                .field(keys::CLOCK, clock)
                 .field("shifted_ms", shifted_ms)
                 .field("excluded_total_ms", reactor.excluded_ns() / 1_000_000),
         );

@@ -16,6 +16,7 @@ use super::Ctx;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::machine::qemu::{Accel, Guest, GuestExit, GuestSpec};
+use lparhv::{keys, names};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -97,13 +98,13 @@ fn boot_once(image: &Path, accel: Accel, memory_mib: u32) -> Result<Sample> {
     spec.memory_mib = memory_mib;
     spec.cmdline = "quiet exit_when_ready".into();
     let mut guest = Guest::spawn(&spec, false)?;
-    let (stages, _) = guest.wait_event("boot_stages", Duration::from_secs(20))?;
-    let (ev, at) = guest.wait_event("ready", Duration::from_secs(20))?;
+    let (stages, _) = guest.wait_event(names::BOOT_STAGES, Duration::from_secs(20))?;
+    let (ev, at) = guest.wait_event(names::READY, Duration::from_secs(20))?;
     let exit = guest.wait_exit(Duration::from_secs(10))?;
     if exit != GuestExit::Code(0) {
         bail!("guest exited with {exit:?}");
     }
-    let boot_us: f64 = ev.get("boot_us").and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    let boot_us: f64 = ev.get(keys::BOOT_US).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     Ok(Sample {
         qemu_to_ready_ms: (at - guest.started).as_secs_f64() * 1e3,
         entry_to_ready_ms: boot_us / 1e3,
@@ -157,7 +158,7 @@ fn empty_kernel_floor(image: &Path, accel: Accel, runs: usize) -> Result<Vec<f64
         let mut spec = GuestSpec::new("empty", image, accel);
         spec.memory_mib = 64;
         let mut guest = Guest::spawn(&spec, false)?;
-        let (_, at) = guest.wait_event("ready", Duration::from_secs(20))?;
+        let (_, at) = guest.wait_event(names::READY, Duration::from_secs(20))?;
         let exit = guest.wait_exit(Duration::from_secs(10))?;
         if exit != GuestExit::Code(0) {
             bail!("empty kernel exited with {exit:?}");
@@ -282,7 +283,7 @@ fn idle_cpu(ctx: &Ctx, accel: Accel, window: Duration) -> Result<IdleCpu> {
     spec.cmdline = "quiet".into();
     let mut guest = Guest::spawn(&spec, false)?;
     let measured = (|| {
-        guest.wait_event("ready", Duration::from_secs(20))?;
+        guest.wait_event(names::READY, Duration::from_secs(20))?;
         std::thread::sleep(Duration::from_millis(500));
         let (clock, t0) = process_cpu_ns(guest.pid())?;
         let start = Instant::now();

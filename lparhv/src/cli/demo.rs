@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lparhv::machine::qemu::{Guest, GuestExit, GuestSpec, Nic};
 use lparhv::machine::vswitch::VSwitch;
+use lparhv::{keys, names};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ fn lan(ctx: &Ctx, guests: usize, count: u32) -> Result<()> {
         parts.push(Guest::spawn(&spec, false)?);
     }
     for g in parts.iter_mut() {
-        let (ev, at) = g.wait_event("net_up", Duration::from_secs(30))?;
+        let (ev, at) = g.wait_event(names::NET_UP, Duration::from_secs(30))?;
         println!(
             "  {:<6} up at {:>7.1} ms  ip={} mac={}",
             g.name,
@@ -87,10 +88,10 @@ fn lan(ctx: &Ctx, guests: usize, count: u32) -> Result<()> {
         if interrupted() {
             bail!("stopped by Ctrl-C");
         }
-        let (udp, _) = g.wait_event("net_udp", Duration::from_secs(60)).context("UDP exchange")?;
-        let (tcp, _) = g.wait_event("net_tcp", Duration::from_secs(60)).context("TCP exchange")?;
+        let (udp, _) = g.wait_event(names::NET_UDP, Duration::from_secs(60)).context("UDP exchange")?;
+        let (tcp, _) = g.wait_event(names::NET_TCP, Duration::from_secs(60)).context("TCP exchange")?;
         let exit = g.wait_exit(Duration::from_secs(10))?;
-        let ok = udp.get("ok") == Some("1") && tcp.get("ok") == Some("1") && exit == GuestExit::Code(0);
+        let ok = udp.get(keys::OK) == Some("1") && tcp.get(keys::OK) == Some("1") && exit == GuestExit::Code(0);
         all_ok &= ok;
         println!(
             "  {:<6} -> lpar1  UDP {}/{} echoed (rtt p50 {} us, max {} us)  TCP {} bytes echoed and checked in {} us  {}",

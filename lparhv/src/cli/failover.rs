@@ -32,9 +32,9 @@ use lparhv::machine::console::{EventStream, WaitError};
 use lparhv::machine::detached::console_path;
 use lparhv::owner::OsCookieSource;
 use lparhv::parse_event;
-use lparhv::pattern::SECTOR;
 use lparhv::slots::commands::SlotControl;
-use lparhv::Event;
+use lparhv::{keys, names, Event};
+use proto::pattern::SECTOR;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -75,10 +75,10 @@ fn wait_event(events: &mut EventStream, timeout: Duration, what: &str, want: imp
 
 /// The record a `service_ack` event acknowledges.
 fn acked_record(ev: &Event) -> Option<u64> {
-    if ev.name != "service_ack" {
+    if ev.name != names::SERVICE_ACK {
         return None;
     }
-    ev.get("seq")?.parse().ok()
+    ev.u64(keys::SEQ).ok()
 }
 
 /// The highest record acknowledged in `lines` (0 if none).
@@ -89,7 +89,7 @@ fn highest_ack<'a>(lines: impl IntoIterator<Item = &'a str>) -> u64 {
 /// The records `1..=last` that `image` does not hold with the service's
 /// pattern (record `s` is sector `s`; sector 0 is not a record).
 fn missing_records(image: &[u8], last: u64) -> Vec<u64> {
-    lparhv::pattern::mismatched_sectors(SERVICE_SEED, image, last + 1).into_iter().filter(|&s| s >= 1).collect()
+    proto::pattern::mismatched_sectors(SERVICE_SEED, image, last + 1).into_iter().filter(|&s| s >= 1).collect()
 }
 
 /// Waits until the supervisor has reaped `partition`'s QEMU `pid`.
@@ -299,16 +299,16 @@ pub fn run(ctx: &Ctx, args: &FailoverArgs) -> Result<()> {
             let (ev, at) = wait_event(&mut i2, long, "lpar2 failover", |e| {
                 matches!(e.name.as_str(), "cluster_action" | "cluster_active" | "service_start")
             })?;
-            if ev.name == "service_start" {
-                resumed_at = Some((ev.get("resume_seq").and_then(|s| s.parse().ok()).unwrap_or(0), at));
+            if ev.name == names::SERVICE_START {
+                resumed_at = Some((ev.u64(keys::RESUME_SEQ).unwrap_or(0), at));
                 continue;
             }
-            if ev.name == "cluster_active" {
+            if ev.name == names::CLUSTER_ACTIVE {
                 let took = (at - killed).as_secs_f64() * 1e3;
                 println!("  {:>8.1} ms  lpar2 is ACTIVE (+{took:.0} ms after its release)", ms(at));
                 break took;
             }
-            let ok = ev.get("ok") == Some("1");
+            let ok = ev.get(keys::OK) == Some("1");
             println!(
                 "  {:>8.1} ms  lpar2 {:<16} {} ({} ms{})",
                 ms(at),

@@ -18,7 +18,6 @@
 //!   calibration went wrong shows up beside its per-cycle figures.
 
 use super::Ctx;
-use crate::cli::event_u64;
 use anyhow::{anyhow, bail, Context, Result};
 use lparhv::config::SystemConfig;
 use lparhv::daemon::Daemon;
@@ -27,7 +26,7 @@ use lparhv::machine::qemu::Accel;
 use lparhv::owner::OsCookieSource;
 use lparhv::state::lock;
 use lparhv::state::{LogEntry, Shared, EVENT_LOG_LEN};
-use lparhv::Event;
+use lparhv::{keys, names, Event};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -206,38 +205,45 @@ pub fn run(ctx: &Ctx, echoes: u32, cycles: u32) -> Result<()> {
     let d = ctx.accel()?;
     let accel = d.accel;
     println!("hypercall benchmark, accelerator {accel} ({}), daemon in this process, guests under QEMU (q35 + qboot)", d.reason);
-    let (ev, _) =
-        run_phase(ctx, accel, "echo", &[("e0".into(), format!("hcall_test=echo:{echoes}"))], &[], "hcall_echo", Duration::from_secs(120))?;
+    let (ev, _) = run_phase(
+        ctx,
+        accel,
+        "echo",
+        &[("e0".into(), format!("hcall_test=echo:{echoes}"))],
+        &[],
+        names::HCALL_ECHO,
+        Duration::from_secs(120),
+    )?;
     let e = &ev[0];
-    if e.get("ok") != Some("1") {
-        bail!("echo run failed: {:?}", e.get("error"));
+    if e.get(keys::OK) != Some("1") {
+        bail!("echo run failed: {:?}", e.get(keys::ERROR));
     }
     println!(
         "ECHO round trip (64 B, guest clock, {} calls): p50 {} us, p99 {} us, max {} us",
-        event_u64(e, "count")?,
-        event_u64(e, "p50_us")?,
-        event_u64(e, "p99_us")?,
-        event_u64(e, "max_us")?
+        e.u64(keys::COUNT)?,
+        e.u64(keys::P50_US)?,
+        e.u64(keys::P99_US)?,
+        e.u64(keys::MAX_US)?
     );
     for n in [1usize, 4] {
         let guests: Vec<(String, String)> = (0..n).map(|i| (format!("c{i}"), format!("hcall_test=cycle:{cycles}"))).collect();
         let names: Vec<String> = guests.iter().map(|(g, _)| g.clone()).collect();
-        let (evs, log) = run_phase(ctx, accel, &format!("cycle{n}"), &guests, &names, "hcall_cycle", Duration::from_secs(300))?;
+        let (evs, log) = run_phase(ctx, accel, &format!("cycle{n}"), &guests, &names, names::HCALL_CYCLE, Duration::from_secs(300))?;
         let cycling = cycling_of(&log, &names)?;
         let mut p50s = Vec::new();
         let mut p99s = Vec::new();
         let mut guest_total_ms = Vec::new();
         for ((e, c), name) in evs.iter().zip(&cycling).zip(&names) {
-            if e.get("ok") != Some("1") {
-                bail!("cycle run failed: {:?}", e.get("error"));
+            if e.get(keys::OK) != Some("1") {
+                bail!("cycle run failed: {:?}", e.get(keys::ERROR));
             }
-            let reported = event_u64(e, "count")?;
+            let reported = e.u64(keys::COUNT)?;
             if c.return_ms.len() as u64 != reported {
                 bail!("{name} reported {reported} cycles but the daemon logged {} returns", c.return_ms.len());
             }
-            p50s.push(event_u64(e, "p50_us")?);
-            p99s.push(event_u64(e, "p99_us")?);
-            guest_total_ms.push(event_u64(e, "total_us")? / 1000);
+            p50s.push(e.u64(keys::P50_US)?);
+            p99s.push(e.u64(keys::P99_US)?);
+            guest_total_ms.push(e.u64(keys::TOTAL_US)? / 1000);
         }
         let w = common_window(&cycling)?;
         let first_start = cycling.iter().map(|c| c.first_accept_ms).min().unwrap_or(w.start_ms);

@@ -21,6 +21,7 @@ use crate::cli::{scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use lparhv::machine::qemu::{Guest, GuestSpec, Machine};
 use lparhv::machine::qmp::{Qmp, QmpEvent};
+use lparhv::names;
 use std::time::{Duration, Instant, SystemTime};
 
 const T: Duration = Duration::from_secs(30);
@@ -44,8 +45,8 @@ pub fn run(ctx: &Ctx, runs: usize, machine: Machine) -> Result<()> {
     spec.extra.extend(["-blockdev".into(), format!("driver=raw,node-name=d0,file.driver=file,file.filename={}", img.display())]);
     let mut guest = Guest::spawn(&spec, false)?;
     let mut qmp = Qmp::connect(&sock, T).context("QMP")?;
-    guest.wait_event("hotplug_ready", T)?;
-    guest.wait_event("ready", T)?;
+    guest.wait_event(names::HOTPLUG_READY, T)?;
+    guest.wait_event(names::READY, T)?;
     let mut props = vec![("drive", "d0")];
     if machine == Machine::Q35 {
         props.push(("bus", "rp0"));
@@ -57,16 +58,16 @@ pub fn run(ctx: &Ctx, runs: usize, machine: Machine) -> Result<()> {
         }
         let t0 = Instant::now();
         qmp.device_add("virtio-blk-pci", "hp0", &props)?;
-        let (_, at) = guest.wait_event("hotplug_add", T)?;
+        let (_, at) = guest.wait_event(names::HOTPLUG_ADD, T)?;
         add_ms.push((at - t0).as_secs_f64() * 1e3);
         let sent = SystemTime::now();
         let t1 = Instant::now();
         qmp.device_del("hp0")?;
-        let (_, ejected) = guest.wait_event("hotplug_remove", T)?;
+        let (_, ejected) = guest.wait_event(names::HOTPLUG_REMOVE, T)?;
         eject_ms.push((ejected - t1).as_secs_f64() * 1e3);
         let ev = qmp.wait_device_deleted("hp0", T)?;
         del_ms.push(ms_from_send_to_emission(sent, &ev, wall_clock_at(ev.received))?);
-        guest.wait_event("hotplug_stats", T)?;
+        guest.wait_event(names::HOTPLUG_STATS, T)?;
     }
     let (a, b, c) = summary(&mut add_ms);
     let (e, f, g) = summary(&mut del_ms);

@@ -123,15 +123,6 @@ impl Command {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Numeric field `key` of guest event `e`; an error naming both if it is
-/// missing or not a number (benchmarks and demos never print a missing
-/// figure as 0).
-pub fn event_u64(e: &lparhv::Event, key: &str) -> Result<u64> {
-    use anyhow::Context;
-    let text = e.get(key).with_context(|| format!("guest event `{}` has no field `{key}`", e.name))?;
-    text.parse().with_context(|| format!("guest event `{}`: field `{key}`={text:?} is not a number", e.name))
-}
-
 /// Whether the user pressed Ctrl-C.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)

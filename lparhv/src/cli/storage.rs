@@ -4,12 +4,13 @@
 //! Every figure printed comes from a guest event or a host report; a field
 //! that is missing or not a number fails the command and names the field.
 
-use super::{event_u64, scratch, Ctx};
+use super::{scratch, Ctx};
 use anyhow::{bail, Context, Result};
 use lparhv::lab::{GuestPlan, Lab, LabSpec};
 use lparhv::machine::qemu::{Guest, GuestExit};
 use lparhv::storage::pause::PauseLimits;
 use lparhv::Event;
+use lparhv::{keys, names};
 use std::time::{Duration, Instant};
 
 fn events(g: &Guest, name: &str) -> Vec<Event> {
@@ -26,11 +27,11 @@ fn events(g: &Guest, name: &str) -> Vec<Event> {
 /// marker. Returns the marker event too.
 fn longest_held_ms(g: &mut Guest, since: Instant, marker: &str) -> Result<(Event, f64)> {
     let (mark, _) = g.wait_event(marker, Duration::from_secs(30))?;
-    let (_, last) = g.wait_event("io_ack", Duration::from_secs(30))?;
+    let (_, last) = g.wait_event(names::IO_ACK, Duration::from_secs(30))?;
     let mut longest_us = None;
     for line in g.console().iter().filter(|l| l.at >= since && l.at <= last) {
-        if let Some(e) = lparhv::parse_event(&line.text).filter(|e| e.name == "io_ack") {
-            let us = event_u64(&e, "max_held_us")?;
+        if let Some(e) = lparhv::parse_event(&line.text).filter(|e| e.name == names::IO_ACK) {
+            let us = e.u64(keys::MAX_HELD_US)?;
             longest_us = Some(longest_us.unwrap_or(0).max(us));
         }
     }
@@ -72,9 +73,9 @@ pub fn demo(ctx: &Ctx, guests: usize, down_s: u64) -> Result<()> {
     tl.say(format!("VIOS vios1 serving {} LUNs; partitions started", plans.len()));
     for p in &plans {
         let g = &mut lab.guest(&p.name).context("guest")?.guest;
-        let (r, _) = g.wait_event("vios_registered", Duration::from_secs(90))?;
-        g.wait_event("io_ack", Duration::from_secs(90))?;
-        tl.say(format!("{}: rootvg active, writing; registered={}", p.name, r.get("ok").unwrap_or("?")));
+        let (r, _) = g.wait_event(names::VIOS_REGISTERED, Duration::from_secs(90))?;
+        g.wait_event(names::IO_ACK, Duration::from_secs(90))?;
+        tl.say(format!("{}: rootvg active, writing; registered={}", p.name, r.get(keys::OK).unwrap_or("?")));
     }
     std::thread::sleep(Duration::from_secs(2));
     tl.say("lparhv vios restart vios1 (planned): PAUSE to every initiator");
@@ -104,20 +105,20 @@ pub fn demo(ctx: &Ctx, guests: usize, down_s: u64) -> Result<()> {
     for g in &mut lab.guests {
         let qmp = lab.qmps.lock().unwrap_or_else(|p| p.into_inner()).remove(&g.id);
         let stop = stop_writer(&mut g.guest, qmp);
-        let crashed = !events(&g.guest, "panic").is_empty() || !events(&g.guest, "exception").is_empty();
-        let errors = events(&g.guest, "io_error").len() as u64;
-        let thawed = events(&g.guest, "thawed").first().map(|e| -> Result<String> {
+        let crashed = !events(&g.guest, names::PANIC).is_empty() || !events(&g.guest, names::EXCEPTION).is_empty();
+        let errors = events(&g.guest, names::IO_ERROR).len() as u64;
+        let thawed = events(&g.guest, names::THAWED).first().map(|e| -> Result<String> {
             Ok(format!(
                 "frozen_ms={} guest_gap_ms={} clock={}",
-                event_u64(e, "frozen_ms")?,
-                event_u64(e, "guest_gap_ms")?,
-                e.get("clock").unwrap_or("?")
+                e.u64(keys::FROZEN_MS)?,
+                e.u64(keys::GUEST_GAP_MS)?,
+                e.get(keys::CLOCK).unwrap_or("?")
             ))
         });
-        let resumed = events(&g.guest, "vios_resume").first().map(|e| event_u64(e, "held_ms"));
+        let resumed = events(&g.guest, names::VIOS_RESUME).first().map(|e| e.u64(keys::HELD_MS));
         g.guest.kill();
         let acked = stop
-            .and_then(|done| event_u64(&done, "acked"))
+            .and_then(|done| Ok(done.u64(keys::ACKED)?))
             .with_context(|| format!("{}: the writer's acknowledgement high-water mark", g.plan.name))?;
         rows.push((g.plan.clone(), g.image.clone(), crashed, errors, acked, thawed.transpose()?, resumed.transpose()?));
     }
@@ -165,14 +166,14 @@ pub fn demo(ctx: &Ctx, guests: usize, down_s: u64) -> Result<()> {
 /// otherwise press the ACPI power button (QMP `system_powerdown`), whose
 /// orderly shutdown cancels the writer, which then prints it.
 fn stop_writer(g: &mut Guest, qmp: Option<lparhv::machine::qmp::Qmp>) -> Result<Event> {
-    if let Some(done) = events(g, "io_done").pop() {
+    if let Some(done) = events(g, names::IO_DONE).pop() {
         return Ok(done);
     }
     if g.is_running() {
         let mut qmp = qmp.context("no QMP connection to press the power button")?;
         qmp.execute("system_powerdown", None)?;
     }
-    let (done, _) = g.wait_event("io_done", Duration::from_secs(30))?;
+    let (done, _) = g.wait_event(names::IO_DONE, Duration::from_secs(30))?;
     Ok(done)
 }
 
@@ -223,17 +224,17 @@ pub fn bench(ctx: &Ctx, runs: usize) -> Result<()> {
         let mut lab = Lab::start(&spec)?;
         {
             let g = &mut lab.guest("b1").context("guest")?.guest;
-            g.wait_event("vios_registered", Duration::from_secs(60))?;
-            g.wait_event("io_ack", Duration::from_secs(60))?;
+            g.wait_event(names::VIOS_REGISTERED, Duration::from_secs(60))?;
+            g.wait_event(names::IO_ACK, Duration::from_secs(60))?;
         }
         let since = Instant::now();
         let r = lab.planned_restart(&PauseLimits::default())?;
         let g = &mut lab.guest("b1").context("guest")?.guest;
-        let (resume, longest_held) = longest_held_ms(g, since, "vios_resume")?;
+        let (resume, longest_held) = longest_held_ms(g, since, names::VIOS_RESUME)?;
         planned.push(PlannedRun {
             outage: ms(r.restart.outage),
             pause_to_resume: ms(r.total),
-            gate_held: event_u64(&resume, "held_ms")?,
+            gate_held: resume.u64(keys::HELD_MS)?,
             longest_held,
         });
         std::thread::sleep(Duration::from_millis(500));
@@ -246,17 +247,10 @@ pub fn bench(ctx: &Ctx, runs: usize) -> Result<()> {
         }
         let frozen = ms(frozen.duration);
         let g = &mut lab.guest("b1").context("guest")?.guest;
-        let (thawed, longest_held) = longest_held_ms(g, since, "thawed")?;
-        let clock = thawed.get("clock").context("guest event `thawed` has no field `clock`")?.to_string();
-        let io_errors = events(g, "io_error").len();
-        crash.push(CrashRun {
-            outage: ms(f.outage),
-            frozen,
-            clock_gap: event_u64(&thawed, "guest_gap_ms")?,
-            clock,
-            longest_held,
-            io_errors,
-        });
+        let (thawed, longest_held) = longest_held_ms(g, since, names::THAWED)?;
+        let clock = thawed.str(keys::CLOCK)?.to_string();
+        let io_errors = events(g, names::IO_ERROR).len();
+        crash.push(CrashRun { outage: ms(f.outage), frozen, clock_gap: thawed.u64(keys::GUEST_GAP_MS)?, clock, longest_held, io_errors });
         lab.stop();
     }
     println!("-- planned restart (PAUSE/RESUME), {} run(s)", planned.len());
@@ -313,13 +307,13 @@ fn throughput(ctx: &Ctx, accel: lparhv::machine::qemu::Accel, dir: &std::path::P
     let mut g = Guest::spawn(&s, false)?;
     let mut out = Vec::new();
     loop {
-        let (e, _) = g.wait_event("vios_bench", Duration::from_secs(300))?;
-        if let Some(err) = e.get("error") {
+        let (e, _) = g.wait_event(names::VIOS_BENCH, Duration::from_secs(300))?;
+        if let Some(err) = e.get(keys::ERROR) {
             bail!("guest benchmark: {err}");
         }
-        match e.get("kind") {
+        match e.get(keys::KIND) {
             Some("done") => break,
-            Some(k) => out.push((k.to_string(), event_u64(&e, "iops")?, event_u64(&e, "kib_s")?)),
+            Some(k) => out.push((k.to_string(), e.u64(keys::IOPS)?, e.u64(keys::KIB_S)?)),
             None => bail!("guest event `vios_bench` has no field `kind`"),
         }
     }

@@ -5,7 +5,7 @@
 //! (`docs/events.md`). Each stream has its own position, so any number of
 //! waiters can follow one console.
 
-use crate::{parse_event, Event};
+use crate::{names, parse_event, Event};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LockResult, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -144,7 +144,7 @@ impl EventStream {
             while let Some(line) = state.get(self.next) {
                 self.next += 1;
                 let Some(event) = parse_event(&line.text) else { continue };
-                if event.name == "panic" || event.name == "exception" {
+                if event.name == names::PANIC || event.name == names::EXCEPTION {
                     return Err(WaitError::GuestFailed(line.text.clone()));
                 }
                 if want(&event) {

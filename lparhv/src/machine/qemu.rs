@@ -8,7 +8,7 @@
 
 use super::console::{Console, ConsoleLine, EventStream, WaitError};
 use anyhow::{anyhow, bail, Context, Result};
-use lparos_kernel::event::Event;
+use proto::event::{names, Event};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -463,7 +463,7 @@ pub fn probe_kvm(kernel: &Path) -> AccelDecision {
             let mut spec = GuestSpec::new("kvm-probe", kernel, Accel::Kvm);
             spec.cmdline = "quiet exit_when_ready".into();
             let result = Guest::spawn(&spec, false).and_then(|mut g| {
-                g.wait_event("ready", Duration::from_secs(10))?;
+                g.wait_event(names::READY, Duration::from_secs(10))?;
                 match g.wait_exit(Duration::from_secs(5))? {
                     GuestExit::Code(0) => Ok(()),
                     other => Err(anyhow!("probe guest ended with {other:?}: {}", g.stderr())),

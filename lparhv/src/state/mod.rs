@@ -88,7 +88,7 @@ pub fn parse_wire_cookie(s: &str) -> Option<hypercall_abi::Cookie> {
     if s.len() != 32 {
         return None;
     }
-    u128::from_str_radix(s, 16).ok().map(hypercall_abi::Cookie::from_u128)
+    proto::num::parse_hex_u128(s).ok().map(hypercall_abi::Cookie::from_u128)
 }
 
 // ----- registry: stable ids for names ------------------------------------------

@@ -22,7 +22,7 @@
 
 pub use crate::machine::nbd::{ErrorPolicy, NbdDisk};
 use anyhow::{anyhow, bail, Context, Result};
-use lparos_kernel::writer_log::{self, LogCheck, RECORD_SIZE};
+use proto::writer_log::{self, LogCheck, RECORD_SIZE};
 use rootvg::host::FileDevice;
 use rootvg::{BlockDevice, VolumeGroup};
 use std::io::{BufRead, BufReader, Read, Write};

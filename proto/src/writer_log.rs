@@ -1,6 +1,6 @@
-//! The checked-write log of the `vios_test=writer:<seed>` service, shared by
-//! the guest (which writes it) and lparhv (which verifies it on the LUN
-//! image afterwards).
+//! The checked-write log of the `vios_test=writer:<seed>` service
+//! (docs/vios.md), shared by the guest (which writes it) and lparhv (which
+//! verifies it on the LUN image afterwards).
 //!
 //! The writer fills LV `data` with 4 KiB records. Record `seq` (1, 2, 3 …)
 //! goes to LV block `(seq - 1) % blocks`, so the log wraps. A record counts
@@ -14,20 +14,23 @@
 //! | 8..16 | sequence number (≥ 1) |
 //! | 16..24 | seed |
 //! | 24..32 | LV block number |
-//! | 32..4092 | payload: words `splitmix64(seed ^ seq·φ ^ index)` |
+//! | 32..4092 | payload: u32 words, the low half of `splitmix64(seed ^ seq·φ ^ index)` |
 //! | 4092..4096 | CRC-32C of bytes 0..4092 |
 
+use crate::num::parse_u64;
+use crate::pattern::{splitmix64, GOLDEN};
 use core::fmt;
+use crc::{Crc, CRC_32_ISCSI};
 
 pub const RECORD_SIZE: usize = 4096;
 pub const MAGIC: [u8; 8] = *b"LPWRLOG1";
 const CRC_AT: usize = RECORD_SIZE - 4;
 
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// CRC-32C (Castagnoli), the checksum rootvg uses on disk too.
+const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+
+fn crc32c(bytes: &[u8]) -> u32 {
+    CRC32C.checksum(bytes)
 }
 
 /// LV block of record `seq` in an LV of `blocks` 4 KiB blocks.
@@ -41,11 +44,11 @@ pub fn encode(seed: u64, seq: u64, blocks: u64, out: &mut [u8; RECORD_SIZE]) {
     out[8..16].copy_from_slice(&seq.to_le_bytes());
     out[16..24].copy_from_slice(&seed.to_le_bytes());
     out[24..32].copy_from_slice(&block_of(seq, blocks).to_le_bytes());
-    let base = seed ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let base = seed ^ seq.wrapping_mul(GOLDEN);
     for (i, w) in out[32..CRC_AT].chunks_exact_mut(4).enumerate() {
         w.copy_from_slice(&(splitmix64(base ^ i as u64) as u32).to_le_bytes());
     }
-    let crc = rootvg::crc::crc32c(&out[..CRC_AT]);
+    let crc = crc32c(&out[..CRC_AT]);
     out[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -90,7 +93,7 @@ pub fn decode(b: &[u8; RECORD_SIZE], blocks: u64) -> Result<Record, RecordError>
     }
     let mut crc = [0u8; 4];
     crc.copy_from_slice(&b[CRC_AT..]);
-    if rootvg::crc::crc32c(&b[..CRC_AT]) != u32::from_le_bytes(crc) {
+    if crc32c(&b[..CRC_AT]) != u32::from_le_bytes(crc) {
         return Err(RecordError::BadCrc);
     }
     let r = Record { seq: u64_at(b, 8), seed: u64_at(b, 16), block: u64_at(b, 24) };
@@ -183,11 +186,7 @@ pub fn check_log(seed: u64, acked: u64, blocks: u64, mut read_block: impl FnMut(
 /// `vios_test=writer:<seed>` → seed (decimal or 0x-hex).
 pub fn parse_writer_spec(spec: &str) -> Result<u64, &'static str> {
     let seed = spec.strip_prefix("writer:").ok_or("expected writer:<seed>")?;
-    match seed.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => seed.parse(),
-    }
-    .map_err(|_| "bad seed in writer:<seed>")
+    parse_u64(seed).map_err(|_| "bad seed in writer:<seed>")
 }
 
 /// Retry policy for a failed write: delay before retry `attempt` (1-based),
@@ -219,11 +218,25 @@ mod tests {
     }
 
     #[test]
+    fn fixed_record_vector() {
+        // Record (seed 7, seq 3, 10 blocks) as computed by an independent
+        // Python transcription of the layout above: the format on the
+        // LUN must not change when the code moves.
+        let mut b = [0u8; RECORD_SIZE];
+        encode(7, 3, 10, &mut b);
+        assert_eq!(&b[..8], b"LPWRLOG1");
+        assert_eq!(u64_at(&b, 24), 2);
+        assert_eq!(&b[32..40], &[0xc2, 0xd0, 0xda, 0xed, 0x5a, 0x67, 0x56, 0x88]);
+        assert_eq!(u32::from_le_bytes([b[4092], b[4093], b[4094], b[4095]]), 0x6895_D777);
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283, "the CRC-32C check value");
+    }
+
+    #[test]
     fn forged_crc_with_wrong_payload_is_caught() {
         let mut b = [0u8; RECORD_SIZE];
         encode(1, 1, 4, &mut b);
         b[100] ^= 0x80;
-        let crc = rootvg::crc::crc32c(&b[..CRC_AT]);
+        let crc = crc32c(&b[..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&b, 4), Err(RecordError::BadPayload));
     }
