@@ -20,7 +20,9 @@ commands:
                      add_pci, act), with every step timed
   demo lan [opts]    partitions exchanging checked UDP/TCP traffic on a LAN
   demo vios          VIOS planned restart (PAUSE/RESUME) and crash (freeze)
-  test               check formatting and lints (cargo fmt, clippy -D warnings),
+  lint               formatting, clippy -D warnings on every target, lparhv's
+                     module graph (no cycle) and its dependencies (no guest crate)
+  test               check formatting and lints (as lint),
                      then run every test (unit, property and QEMU integration);
                      with LPAROS_CI_FUZZ_SECONDS=N (off by default: the first
                      fuzz build takes ~14 min) it then fuzzes every target
@@ -222,6 +224,12 @@ lint() {
     cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --lib --tests -- -D warnings
     cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --bins -- -D warnings
     cargo clippy "${CARGO_Q[@]}" -p lparos-kernel --bins --features test-services -- -D warnings
+    say "lparhv's module graph has no cycle; lparhv depends on no guest crate"
+    python3 .ci/module-cycles.py lparhv/src >/dev/null || { python3 .ci/module-cycles.py lparhv/src >&2; exit 1; }
+    if cargo tree -q -p lparhv -e normal --prefix none | grep -E '^(lparos-kernel|drivers|smoltcp|acpi|x86_64) '; then
+        echo "run.sh: lparhv must not depend on guest crates (above); shared formats belong in proto/" >&2
+        exit 1
+    fi
 }
 
 # Every test, in phases: unit tests (seconds), the doc tests, then the
@@ -255,6 +263,9 @@ case "$cmd" in
         setup; build
         if [ $# -eq 0 ] || [[ "$1" == --* ]]; then set -- failover "$@"; fi
         exec "$LPARHV" demo "$@" ;;
+    lint)
+        [ $# -eq 0 ] || { echo "run.sh lint takes no options" >&2; usage >&2; exit 2; }
+        lint ;;
     test)
         [ $# -eq 0 ] || { echo "run.sh test takes no options" >&2; usage >&2; exit 2; }
         setup; build

@@ -16,7 +16,7 @@ use crate::machine::vswitch::VSwitch;
 use crate::owner::{CookieSource, Millis, PartitionId};
 use crate::power::PowerControl;
 use crate::slots::{Launcher, SlotControl};
-use crate::state::paths::{control_socket_path, create_private_dir, lan_socket_path, nic_socket_path, restrict_umask};
+use crate::state::paths::{control_socket_path, create_private_dir, lan_socket_path, nic_socket_path, restrict_socket, restrict_umask};
 use crate::state::{lock, now_ms, Shared, System};
 use crate::storage::served::StorageServers;
 use crate::supervisor::{RestartHandle, StartHooks, Supervisor};
@@ -41,6 +41,9 @@ fn start_lans(config: &SystemConfig) -> Result<Vec<VSwitch>> {
     lans.into_iter()
         .map(|(lan, ports)| {
             let sw = VSwitch::start(&lan_socket_path(&config.state_dir, lan), ports)?;
+            // The switch is a machine piece that knows nothing of the state
+            // directory's rules; its socket gets them here (0600).
+            restrict_socket(sw.path())?;
             info!(lan, "virtual switch serving");
             Ok(sw)
         })
