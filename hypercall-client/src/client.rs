@@ -649,7 +649,12 @@ impl Client {
             // it carries the old version; the generic rules below apply.
             return self.finish_response(id, response);
         };
-        if version != session_version {
+        // An lparhv that has no session for us (it restarted) cannot know
+        // our version and answers at the HELLO frame version: its H_STATE
+        // is the session-loss signal at any session version.
+        let no_session_here = version == HELLO_FRAME_VERSION
+            && matches!(&response, Response::Failed { status, .. } if status.code() == Some(ReturnCode::State));
+        if version != session_version && !no_session_here {
             return self.stray(id, opcode);
         }
         self.finish_response(id, response);

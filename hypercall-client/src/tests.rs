@@ -620,3 +620,24 @@ fn a_frame_cut_short_does_not_hold_back_the_answer_behind_it() {
     c.on_bytes(&response(seen[0].id(), Response::Echo(b"again")));
     assert_eq!(c.poll(e2), Some(Ok(Reply::Echo(b"again".to_vec()))));
 }
+
+/// A session at version 2 must still hear the H_STATE of a restarted lparhv,
+/// which answers "no session" at the HELLO frame version (it cannot know
+/// ours): the client says HELLO again instead of dropping it as stray.
+#[test]
+fn h_state_at_the_hello_frame_version_ends_a_version_2_session() {
+    let mut c = Client::new(0xABCD, Some(name("lp1")));
+    let mut h = Host::new();
+    let seen = h.read(&mut c);
+    let mut buf = std::vec![0u8; MAX_FRAME];
+    let n = Response::Hello(HelloReply { version: 2, max_payload: 8192, host_session: 1 }).encode(1, seen[0].id(), &mut buf).unwrap();
+    c.on_bytes(&buf[..n]);
+    assert!(matches!(c.state(), SessionState::Up { version: 2, .. }), "{:?}", c.state());
+    while c.next_notice().is_some() {}
+    let _a = c.echo(b"one");
+    let sent = h.read(&mut c);
+    c.on_bytes(&failed(sent[0].id(), hypercall_abi::Opcode::Echo, ReturnCode::State));
+    assert_eq!(c.next_notice(), Some(Notice::SessionLost));
+    assert_eq!(c.state(), SessionState::Negotiating);
+    assert!(matches!(h.read(&mut c)[0].request(), Request::Hello(_)), "HELLO again");
+}
