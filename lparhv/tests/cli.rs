@@ -270,8 +270,14 @@ fn up_on_terminal(config: &Path, transcript: &Path) -> Up {
     Up::wait_for_daemon(child, config)
 }
 
-fn has_script() -> bool {
-    Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success())
+/// Whether util-linux `script` can give `test` a pseudo-terminal; says
+/// SKIPPED when it cannot.
+fn has_terminal(test: &str) -> bool {
+    let ok = Command::new("script").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        skipped(test, "needs util-linux `script` (a pseudo-terminal)");
+    }
+    ok
 }
 
 /// One real partition under TCG: on a terminal `up` says when it starts
@@ -279,8 +285,7 @@ fn has_script() -> bool {
 /// of its QEMU `crashed (signal 9)`; `--json` keeps the machine form.
 #[test]
 fn qemu_status_states_in_words_and_boot_progress() {
-    if !has_script() {
-        skipped("qemu_status_states_in_words_and_boot_progress", "needs util-linux `script` (a pseudo-terminal)");
+    if !has_terminal("qemu_status_states_in_words_and_boot_progress") {
         return;
     }
     let kernel = kernel();
@@ -330,8 +335,7 @@ fn qemu_status_states_in_words_and_boot_progress() {
 /// The KVM probe line is printed on a terminal and not in a pipe.
 #[test]
 fn qemu_probe_line_only_on_a_terminal() {
-    if !has_script() {
-        skipped("qemu_probe_line_only_on_a_terminal", "needs util-linux `script` (a pseudo-terminal)");
+    if !has_terminal("qemu_probe_line_only_on_a_terminal") {
         return;
     }
     let kernel = kernel();

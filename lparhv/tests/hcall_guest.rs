@@ -8,7 +8,9 @@
 mod support;
 use support::image::{kernel, scratch};
 
-use hypercall_abi::{answer_hello, Cookie, Decoder, Event, Message, Name, Request, Response, ReturnCode, MAX_FRAME, SYNC_PREAMBLE_LEN};
+use hypercall_abi::{
+    Cookie, Decoder, Event, HelloReply, Message, Name, Request, Response, ReturnCode, MAX_FRAME, MAX_PAYLOAD, SYNC_PREAMBLE_LEN,
+};
 use lparhv::machine::qemu::{self, AccelChoice, Guest, GuestExit, GuestSpec};
 use proto::pattern;
 use std::collections::HashMap;
@@ -145,7 +147,11 @@ impl Ctx {
                     let mut seen = self.seen.lock().unwrap();
                     seen.hellos += 1;
                     seen.sessions_answered.push(HOST_SESSION);
-                    replies.push(encode(id, answer_hello(&h, HOST_SESSION)));
+                    // This host speaks only ABI version 1, the oldest: a guest
+                    // that also speaks newer versions must settle on it.
+                    assert!(h.min_version <= 1, "the guest no longer offers version 1: {h:?}");
+                    let reply = HelloReply { version: 1, max_payload: MAX_PAYLOAD as u32, host_session: HOST_SESSION };
+                    replies.push(encode(id, Response::Hello(reply)));
                     return;
                 }
                 if !up {

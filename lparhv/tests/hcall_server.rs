@@ -248,16 +248,17 @@ async fn hello_negotiation_and_session_rules() {
         assert_eq!(g.call(Request::Echo(b"x")).await, Got::Failed(ReturnCode::State.raw()));
         assert_eq!(g.call(Request::QueryGrants { start: 0 }).await.code(), ReturnCode::State.raw());
         // Ranges that do not overlap: H_UNSUPPORTED with the host's range.
-        assert_eq!(g.hello_with(2, 5, 1, None).await, Got::HelloRefused(1, 1));
+        let (min, max) = (hypercall_abi::MIN_ABI_VERSION, hypercall_abi::ABI_VERSION);
+        assert_eq!(g.hello_with(max + 1, max + 4, 1, None).await, Got::HelloRefused(min, max));
         assert_eq!(g.call(Request::Echo(b"x")).await.code(), ReturnCode::State.raw());
         // A name that is not this socket's partition: H_PERMISSION.
         assert_eq!(g.hello_with(1, 1, 1, Some("lpar2")).await.code(), ReturnCode::Permission.raw());
         // Good: the highest common version, the host's limits and session.
-        let h = match g.hello_with(1, 3, 1, Some("lpar1")).await {
+        let h = match g.hello_with(1, max + 1, 1, Some("lpar1")).await {
             Got::Hello(h) => h,
             other => panic!("{other:?}"),
         };
-        assert_eq!(h.version, 1);
+        assert_eq!(h.version, max);
         assert_eq!(h.max_payload, 8192);
         assert_ne!(h.host_session, 0);
         assert_eq!(g.call(Request::Echo(b"hello lparhv")).await, Got::Echo(b"hello lparhv".to_vec()));
